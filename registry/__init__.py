@@ -1,0 +1,1 @@
+"""xlt registry: the system of record and the only writer of registry state."""

@@ -1,0 +1,78 @@
+"""Unit of work: one database transaction per registry command.
+
+Every state change follows the same shape: open a writer transaction, lock the track row,
+check preconditions (including the caller's expected revision), change domain objects,
+append one event and one outbox row, commit. Any exception rolls everything back.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from registry.audit import record_event
+from registry.db import Database
+from registry.errors import DatabaseNotReady, NotFound, StaleRevision
+from registry.schema import Event, Track
+
+
+class UnitOfWork:
+    def __init__(self, db: Database, actor: str) -> None:
+        self.db = db
+        self.actor = actor
+        self.session: Session
+        self.events: list[Event] = []
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self.db.writer()
+        try:
+            self.session.begin()
+        except OperationalError as exc:
+            self.session.close()
+            raise DatabaseNotReady(f"cannot open the registry database: {exc.orig}",
+                                   "check --db / XLT_DATABASE_URL and run `xlt init`") from exc
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                self.session.commit()
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()
+
+    def lock_track(self, task: str, language: str, expected_revision: int | None = None) -> Track:
+        """The track row, locked until commit; refuses if the caller's view is stale."""
+        track = self.session.scalars(
+            select(Track).where(Track.task == task, Track.language == language).with_for_update()
+        ).one_or_none()
+        if track is None:
+            raise NotFound(f"no track for task {task!r} language {language!r}",
+                           "register an adapter for it first (`xlt adapter register`)")
+        check_revision(track, expected_revision)
+        return track
+
+    def event(self, action: str, *, track: Track | None = None, adapter_id: int | None = None,
+              task: str | None = None, language: str | None = None,
+              before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
+              reason: str | None = None, payload: dict[str, Any] | None = None) -> Event:
+        ev = record_event(self.session, actor=self.actor, action=action, track=track,
+                          adapter_id=adapter_id, task=task, language=language, before=before,
+                          after=after, reason=reason, payload=payload)
+        self.events.append(ev)
+        return ev
+
+
+def check_revision(track: Track, expected_revision: int | None) -> None:
+    if expected_revision is not None and track.revision != expected_revision:
+        raise StaleRevision(
+            f"track {track.task}/{track.language} is at revision {track.revision}, "
+            f"you expected {expected_revision}",
+            "someone changed it meanwhile; read `xlt status` again and retry",
+        )
