@@ -49,7 +49,8 @@ def model_dir_fingerprint(model_dir: str | Path) -> tuple[str, dict[str, Any]]:
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{config_file} is not valid JSON ({exc})", "re-save the model") from exc
+        raise ArtifactError(f"{config_file} is not valid JSON ({exc})",
+                            "re-save the model") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises many kinds for a missing tokenizer

@@ -45,9 +45,11 @@ class Settings:
 
 def load_settings(home: str | os.PathLike[str] | None = None, database_url: str | None = None,
                   mlflow_tracking_uri: str | None = None) -> Settings:
-    """Flags win over environment (XLT_HOME, XLT_DATABASE_URL, MLFLOW_TRACKING_URI) over defaults."""
+    """Flags win over the environment (XLT_HOME, XLT_DATABASE_URL, MLFLOW_TRACKING_URI),
+    which wins over the embedded defaults under XLT_HOME."""
     home_path = Path(home or os.environ.get("XLT_HOME") or ".xlt").expanduser().resolve()
-    db = database_url or os.environ.get("XLT_DATABASE_URL") or f"sqlite:///{home_path / 'registry.db'}"
+    db = (database_url or os.environ.get("XLT_DATABASE_URL")
+          or f"sqlite:///{home_path / 'registry.db'}")
     mlflow_uri = (mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                   or f"sqlite:///{home_path / 'mlflow.db'}")
     return Settings(home=home_path, database_url=normalise_database_url(db),

@@ -1,0 +1,65 @@
+"""The `xlt` command line: parses, calls registry/controller functions, prints.
+
+Errors are mapped to exit codes and one-line messages here, in one place:
+2 = wrong input (usage, validation, not found), 3 = a refused state change, 1 = internal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from controller.cli.context import AppContext
+from registry.errors import XltError
+
+
+class XltGroup(click.Group):
+    """Turns domain errors into one line on stderr and the family's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except XltError as exc:
+            fail(str(exc), exc.exit_code)
+        except OperationalError as exc:
+            fail(f"database error: {str(exc.orig).strip().splitlines()[0]}; check --db / "
+                 "XLT_DATABASE_URL and that the server is running", 2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("XLT_DEBUG"):
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc} "
+                 "(set XLT_DEBUG=1 to see the traceback, and report it)", 1)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"xlt: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=XltGroup)
+@click.option("--db", "database_url", envvar="XLT_DATABASE_URL", default=None,
+              help="Registry database URL (default: SQLite under XLT_HOME).")
+@click.option("--home", envvar="XLT_HOME", default=None, type=click.Path(file_okay=False),
+              help="Where xlt keeps its files (default ./.xlt).")
+@click.option("--actor", default=None, help="Who acts, recorded in events (default: OS user).")
+@click.version_option(package_name="xlt")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, home: str | None,
+        actor: str | None) -> None:
+    """xlt: a model registry and continual-update controller for cross-lingual transfer."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ctx.obj = AppContext(home=home, database_url=database_url, actor=actor)
+
+
+def main() -> None:
+    cli(prog_name="xlt")
+
+
+# command modules register themselves on `cli`
+from controller.cli import registry_cmds  # noqa: E402,F401

@@ -1,0 +1,183 @@
+"""Registering base encoders, datasets and adapters."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from registry.artifacts import ArtifactStore, sha256_file
+from registry.audit import track_state
+from registry.commands.lookups import adapter_by_version, encoder_by_ref
+from registry.domain import REGISTERED
+from registry.errors import (
+    AlreadyExists,
+    ArtifactError,
+    IncompatibleAdapter,
+    InvalidInput,
+    NotFound,
+)
+from registry.fingerprint import model_dir_fingerprint
+from registry.languages import canonical_language
+from registry.schema import Adapter, BaseEncoder, Dataset, Track
+from registry.uow import UnitOfWork, check_revision
+
+
+def register_encoder(uow: UnitOfWork, store: ArtifactStore, name: str, version: str,
+                     model_dir: str | Path) -> BaseEncoder:
+    if not name or "@" in name or not version or "@" in version:
+        raise InvalidInput(f"bad encoder name/version {name!r}@{version!r}",
+                           "use a name and a version without '@'")
+    s = uow.session
+    if s.scalars(select(BaseEncoder).where(BaseEncoder.name == name,
+                                           BaseEncoder.version == version)).first():
+        raise AlreadyExists(f"base encoder {name}@{version} is already registered",
+                            "register a new version instead")
+    fingerprint, inputs = model_dir_fingerprint(model_dir)
+    sha = store.put_tree(model_dir)
+    enc = BaseEncoder(name=name, version=version, fingerprint=fingerprint,
+                      fingerprint_inputs=inputs, artifact_sha256=sha,
+                      source=str(Path(model_dir).resolve()), created_by=uow.actor)
+    s.add(enc)
+    s.flush()
+    uow.event("register_encoder", after={"encoder": enc.ref, "fingerprint": fingerprint},
+              payload={"encoder_id": enc.id})
+    return enc
+
+
+def count_rows(path: Path) -> int:
+    """Rows of a JSONL file (optionally gzipped), for datasets registered without a count."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def register_dataset(uow: UnitOfWork, *, name: str, language: str, split: str, version: str,
+                     path: str | Path, source: str, licence: str, consent: str,
+                     collected_at: datetime, rows: int | None = None) -> Dataset:
+    language = canonical_language(language)
+    file = Path(path)
+    if not file.is_file():
+        raise ArtifactError(f"dataset file {file} does not exist", "check the path")
+    for field, value in (("source", source), ("licence", licence), ("consent", consent),
+                         ("name", name), ("split", split), ("version", version)):
+        if not value or not str(value).strip():
+            raise InvalidInput(f"dataset {field} is empty",
+                               "every dataset needs provenance: source, licence, consent")
+    if rows is None:
+        if not file.name.endswith((".jsonl", ".jsonl.gz")):
+            raise InvalidInput("cannot count rows of a non-JSONL file", "pass --rows")
+        rows = count_rows(file)
+    if rows < 0:
+        raise InvalidInput(f"row count {rows} is negative", "pass the number of rows")
+    s = uow.session
+    if s.scalars(select(Dataset).where(Dataset.name == name, Dataset.language == language,
+                                       Dataset.split == split, Dataset.version == version)).first():
+        raise AlreadyExists(f"dataset {name}/{language}/{split}@{version} is already registered",
+                            "register a new version instead")
+    ds = Dataset(name=name, language=language, split=split, version=version,
+                 sha256=sha256_file(file), rows=rows, uri=str(file.resolve()), source=source,
+                 licence=licence, consent=consent, collected_at=collected_at,
+                 created_by=uow.actor)
+    s.add(ds)
+    s.flush()
+    uow.event("register_dataset", language=language,
+              after={"dataset": ds.ref, "sha256": ds.sha256, "rows": rows},
+              payload={"dataset_id": ds.id})
+    return ds
+
+
+def _weights_metadata(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise ArtifactError(f"{path.name} is not a readable safetensors file ({exc})",
+                            "re-save the adapter with safetensors") from exc
+    raw = meta.get("xlt")
+    if raw is None:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path.name} has unreadable xlt metadata", "re-save it") from exc
+
+
+def _get_or_create_track(uow: UnitOfWork, task: str, language: str, base: BaseEncoder) -> Track:
+    s = uow.session
+    track = s.scalars(select(Track).where(Track.task == task, Track.language == language)
+                      .with_for_update()).one_or_none()
+    if track is not None:
+        return track
+    try:
+        with s.begin_nested():
+            track = Track(task=task, language=language, base_encoder_id=base.id,
+                          canary_weight=0.0, revision=0, phase="STEADY", phase_data={})
+            s.add(track)
+            s.flush()
+    except IntegrityError:
+        # another writer created it between our read and insert (PostgreSQL only)
+        track = s.scalars(select(Track).where(Track.task == task, Track.language == language)
+                          .with_for_update()).one()
+        return track
+    uow.event("create_track", track=track, after=track_state(track),
+              reason=f"first adapter registered on {base.ref}")
+    return track
+
+
+def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, language: str,
+                     base: str, weights: str | Path, config: dict[str, Any] | None = None,
+                     teacher_language: str | None = None, dataset_ids: list[int] | None = None,
+                     metrics: dict[str, Any] | None = None,
+                     hyperparams: dict[str, Any] | None = None,
+                     parent_version: int | None = None, kind: str = "lora",
+                     expected_revision: int | None = None) -> Adapter:
+    if not task or not task.strip():
+        raise InvalidInput("task is empty", "give the task name, e.g. emoji-group")
+    language = canonical_language(language)
+    teacher = canonical_language(teacher_language) if teacher_language else None
+    s = uow.session
+    encoder = encoder_by_ref(s, base)  # contract check 1: the base must exist
+    path = Path(weights)
+    meta = _weights_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
+    config = {**meta.get("config", {}), **(config or {})}
+    recorded = meta.get("base_fingerprint") or config.get("base_fingerprint")
+    if recorded and recorded != encoder.fingerprint:
+        raise IncompatibleAdapter(
+            f"{path.name} was trained on base fingerprint {recorded[:12]}, "
+            f"but {encoder.ref} has fingerprint {encoder.fingerprint[:12]}",
+            "register it against the base it was trained on",
+        )
+    ids = list(dataset_ids or [])
+    if ids:
+        found = set(s.scalars(select(Dataset.id).where(Dataset.id.in_(ids))))
+        missing = sorted(set(ids) - found)
+        if missing:
+            raise NotFound(f"datasets {missing} are not registered",
+                           "register training data with `xlt dataset register` first")
+    sha = store.put_file(path)
+    track = _get_or_create_track(uow, task, language, encoder)
+    check_revision(track, expected_revision)
+    parent_id = None
+    if parent_version is not None:
+        parent_id = adapter_by_version(s, task, language, parent_version).id
+    version = (s.scalar(select(func.max(Adapter.version)).where(
+        Adapter.task == task, Adapter.language == language)) or 0) + 1
+    adapter = Adapter(task=task, language=language, version=version,
+                      base_encoder_id=encoder.id, base_fingerprint=encoder.fingerprint,
+                      kind=kind, config=config, teacher_language=teacher, dataset_ids=ids,
+                      metrics=metrics or {}, hyperparams=hyperparams or {},
+                      parent_adapter_id=parent_id, artifact_sha256=sha, status=REGISTERED,
+                      created_by=uow.actor)
+    s.add(adapter)
+    s.flush()
+    uow.event("register_adapter", track=track, adapter_id=adapter.id,
+              after={"version": version, "status": REGISTERED, "base": encoder.ref,
+                     "teacher": teacher, "metrics": metrics or {}})
+    return adapter

@@ -1,0 +1,159 @@
+"""Read models: plain dicts for the CLI's tables and --json. Reads never take write locks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.commands.lookups import adapter_by_version, encoder_by_ref
+from registry.errors import NotFound
+from registry.languages import canonical_language
+from registry.schema import Adapter, BaseEncoder, Dataset, Event, Track
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def encoder_dict(e: BaseEncoder) -> dict[str, Any]:
+    return {"id": e.id, "ref": e.ref, "name": e.name, "version": e.version,
+            "fingerprint": e.fingerprint, "fingerprint_inputs": e.fingerprint_inputs,
+            "artifact_sha256": e.artifact_sha256, "source": e.source,
+            "created_at": _iso(e.created_at), "created_by": e.created_by}
+
+
+def adapter_dict(a: Adapter, base_ref: str | None = None) -> dict[str, Any]:
+    return {"id": a.id, "task": a.task, "language": a.language, "version": a.version,
+            "status": a.status, "base": base_ref, "base_fingerprint": a.base_fingerprint,
+            "kind": a.kind, "config": a.config, "teacher_language": a.teacher_language,
+            "dataset_ids": a.dataset_ids, "metrics": a.metrics, "hyperparams": a.hyperparams,
+            "parent_adapter_id": a.parent_adapter_id, "artifact_sha256": a.artifact_sha256,
+            "created_at": _iso(a.created_at), "created_by": a.created_by}
+
+
+def dataset_dict(d: Dataset) -> dict[str, Any]:
+    return {"id": d.id, "ref": d.ref, "name": d.name, "language": d.language, "split": d.split,
+            "version": d.version, "sha256": d.sha256, "rows": d.rows, "uri": d.uri,
+            "source": d.source, "licence": d.licence, "consent": d.consent,
+            "collected_at": _iso(d.collected_at), "created_at": _iso(d.created_at)}
+
+
+def event_dict(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "at": _iso(e.at), "actor": e.actor, "action": e.action,
+            "task": e.task, "language": e.language, "adapter_id": e.adapter_id,
+            "before": e.before, "after": e.after, "reason": e.reason}
+
+
+def list_encoders(s: Session) -> list[dict[str, Any]]:
+    return [encoder_dict(e) for e in s.scalars(select(BaseEncoder).order_by(BaseEncoder.id))]
+
+
+def show_encoder(s: Session, ref: str) -> dict[str, Any]:
+    return encoder_dict(encoder_by_ref(s, ref))
+
+
+def _base_refs(s: Session) -> dict[int, str]:
+    return {e.id: e.ref for e in s.scalars(select(BaseEncoder))}
+
+
+def list_adapters(s: Session, task: str | None = None, language: str | None = None,
+                  status: str | None = None) -> list[dict[str, Any]]:
+    q = select(Adapter).order_by(Adapter.task, Adapter.language, Adapter.version)
+    if task:
+        q = q.where(Adapter.task == task)
+    if language:
+        q = q.where(Adapter.language == canonical_language(language))
+    if status:
+        q = q.where(Adapter.status == status)
+    bases = _base_refs(s)
+    return [adapter_dict(a, bases.get(a.base_encoder_id)) for a in s.scalars(q)]
+
+
+def show_adapter(s: Session, task: str, language: str, version: int | None) -> dict[str, Any]:
+    if version is None:
+        track = track_row(s, task, language)
+        if track.champion_id is None:
+            raise NotFound(f"track {task}/{track.language} has no champion",
+                           "give --version")
+        adapter = s.get(Adapter, track.champion_id)
+        assert adapter is not None
+    else:
+        adapter = adapter_by_version(s, task, language, version)
+    return adapter_dict(adapter, _base_refs(s).get(adapter.base_encoder_id))
+
+
+def list_datasets(s: Session, name: str | None = None,
+                  language: str | None = None) -> list[dict[str, Any]]:
+    q = select(Dataset).order_by(Dataset.name, Dataset.language, Dataset.split, Dataset.id)
+    if name:
+        q = q.where(Dataset.name == name)
+    if language:
+        q = q.where(Dataset.language == canonical_language(language))
+    return [dataset_dict(d) for d in s.scalars(q)]
+
+
+def track_row(s: Session, task: str, language: str) -> Track:
+    language = canonical_language(language)
+    track = s.scalars(select(Track).where(Track.task == task,
+                                          Track.language == language)).one_or_none()
+    if track is None:
+        raise NotFound(f"no track for {task}/{language}", "see `xlt status` for the tracks")
+    return track
+
+
+def status(s: Session, task: str | None = None) -> list[dict[str, Any]]:
+    """One row per track: base, champion, canary and weight, previous, phase, revision."""
+    versions = {a.id: a.version for a in s.scalars(select(Adapter))}
+    bases = _base_refs(s)
+    q = select(Track).order_by(Track.task, Track.language)
+    if task:
+        q = q.where(Track.task == task)
+    rows = []
+    for t in s.scalars(q):
+        rows.append({
+            "task": t.task, "language": t.language, "base": bases.get(t.base_encoder_id),
+            "champion": versions.get(t.champion_id) if t.champion_id else None,
+            "canary": versions.get(t.canary_id) if t.canary_id else None,
+            "canary_weight": t.canary_weight,
+            "previous": versions.get(t.previous_champion_id) if t.previous_champion_id else None,
+            "phase": t.phase, "revision": t.revision, "updated_at": _iso(t.updated_at),
+        })
+    return rows
+
+
+def history(s: Session, task: str | None = None, language: str | None = None,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    q = select(Event).order_by(Event.id)
+    if task:
+        q = q.where(Event.task == task)
+    if language:
+        q = q.where(Event.language == canonical_language(language))
+    events = [event_dict(e) for e in s.scalars(q)]
+    return events[-limit:] if limit else events
+
+
+def impact(s: Session, ref: str) -> list[dict[str, Any]]:
+    """If every track moved to base `ref`: per track, which of its live adapters (champion,
+    canary, previous champion) stay compatible and which must be retrained."""
+    target = encoder_by_ref(s, ref)
+    bases = _base_refs(s)
+    rows = []
+    for t in s.scalars(select(Track).order_by(Track.task, Track.language)):
+        live = [("champion", t.champion_id), ("canary", t.canary_id),
+                ("previous", t.previous_champion_id)]
+        compatible, retrain = [], []
+        for role, adapter_id in live:
+            if adapter_id is None:
+                continue
+            a = s.get(Adapter, adapter_id)
+            assert a is not None
+            entry = {"version": a.version, "role": role, "base_fingerprint": a.base_fingerprint}
+            (compatible if a.base_fingerprint == target.fingerprint else retrain).append(entry)
+        rows.append({"task": t.task, "language": t.language,
+                     "current_base": bases.get(t.base_encoder_id), "target_base": target.ref,
+                     "target_fingerprint": target.fingerprint,
+                     "compatible": compatible, "retrain": retrain})
+    return rows

@@ -1,0 +1,202 @@
+"""The registry's public face: one object per (database, artifact store, actor).
+
+Every method that changes state is one unit of work (registry.uow). Reads use a reader
+session. The controller and the CLI call only this class (and registry.routing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
+
+from registry import migrate, queries
+from registry.artifacts import ArtifactStore, sha256_file
+from registry.commands import catalog, deployment, records
+from registry.commands.lookups import adapter_by_version, encoder_by_ref
+from registry.db import Database
+from registry.errors import ArtifactError, DatabaseNotReady
+from registry.routing import CachedResolver, Resolution, resolve
+from registry.schema import Adapter, BaseEncoder, Dataset
+from registry.settings import Settings, default_actor, load_settings
+from registry.uow import UnitOfWork
+
+T = TypeVar("T")
+
+
+class Registry:
+    def __init__(self, settings: Settings, actor: str | None = None) -> None:
+        self.settings = settings
+        self.actor = actor or default_actor()
+        self.db = Database(settings.database_url)
+        self.store = ArtifactStore(settings.artifacts_dir)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, database_url: str | None = None,
+             actor: str | None = None) -> Registry:
+        return cls(load_settings(home=home, database_url=database_url), actor)
+
+    # -- setup -------------------------------------------------------------------------
+    def init(self) -> str | None:
+        """Create XLT_HOME and bring the schema to head; safe to run again."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        migrate.upgrade(self.db.url)
+        return migrate.current_revision(self.db.url)
+
+    def require_ready(self) -> None:
+        sqlite_file = self.db.url.removeprefix("sqlite:///")
+        if self.db.is_sqlite and sqlite_file and not Path(sqlite_file).exists():
+            # connecting would create an empty file: refuse before touching anything
+            raise DatabaseNotReady(f"no xlt registry at {sqlite_file}",
+                                   "run `xlt init` first (or pass --home / --db)")
+        with self.db.read_engine.connect() as conn:
+            if not inspect(conn).has_table("tracks"):
+                raise DatabaseNotReady(f"no xlt registry in {self.db.url}",
+                                       "run `xlt init` first")
+        migrate.require_current(self.db.url)
+
+    # -- plumbing ----------------------------------------------------------------------
+    def unit_of_work(self) -> UnitOfWork:
+        return UnitOfWork(self.db, self.actor)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        session = self.db.reader()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self.unit_of_work() as uow:
+            return fn(uow, *args, **kwargs)
+
+    # -- catalog -----------------------------------------------------------------------
+    def register_encoder(self, name: str, version: str, model_dir: str | Path) -> BaseEncoder:
+        with self.unit_of_work() as uow:
+            return catalog.register_encoder(uow, self.store, name, version, model_dir)
+
+    def register_dataset(self, *, name: str, language: str, split: str, version: str,
+                         path: str | Path, source: str, licence: str, consent: str,
+                         collected_at: datetime, rows: int | None = None) -> Dataset:
+        return self._write(catalog.register_dataset, name=name, language=language, split=split,
+                           version=version, path=path, source=source, licence=licence,
+                           consent=consent, collected_at=collected_at, rows=rows)
+
+    def register_adapter(self, **kwargs: Any) -> Adapter:
+        with self.unit_of_work() as uow:
+            return catalog.register_adapter(uow, self.store, **kwargs)
+
+    # -- deployment --------------------------------------------------------------------
+    def start_canary(self, task: str, language: str, version: int, weight: float,
+                     expected_revision: int | None = None, reason: str | None = None) -> Any:
+        return self._write(deployment.start_canary, task, language, version, weight,
+                           expected_revision, reason)
+
+    def set_canary_weight(self, task: str, language: str, weight: float,
+                          expected_revision: int | None = None, reason: str | None = None
+                          ) -> Any:
+        return self._write(deployment.set_canary_weight, task, language, weight,
+                           expected_revision, reason)
+
+    def abort_canary(self, task: str, language: str, expected_revision: int | None = None,
+                     reason: str | None = None) -> Any:
+        return self._write(deployment.abort_canary, task, language, expected_revision, reason)
+
+    def promote(self, task: str, language: str, version: int,
+                expected_revision: int | None = None, reason: str | None = None) -> Any:
+        return self._write(deployment.promote, task, language, version, expected_revision,
+                           reason)
+
+    def rollback(self, task: str, language: str, to_version: int | None = None,
+                 expected_revision: int | None = None, reason: str | None = None) -> Any:
+        return self._write(deployment.rollback, task, language, to_version, expected_revision,
+                           reason)
+
+    def mark_gated(self, task: str, language: str, version: int, reason: str | None = None
+                   ) -> Adapter:
+        return self._write(deployment.mark_gated, task, language, version, reason)
+
+    def reject(self, task: str, language: str, version: int, reason: str | None = None
+               ) -> Adapter:
+        return self._write(deployment.reject, task, language, version, reason)
+
+    def set_phase(self, task: str, language: str, phase: str,
+                  phase_data: dict[str, Any] | None = None,
+                  expected_revision: int | None = None, reason: str | None = None) -> Any:
+        return self._write(deployment.set_phase, task, language, phase, phase_data,
+                           expected_revision, reason)
+
+    # -- records -----------------------------------------------------------------------
+    def create_job(self, kind: str, params: dict[str, Any], executor: str,
+                   task: str | None = None, language: str | None = None) -> Any:
+        return self._write(records.create_job, kind, params, executor, task, language)
+
+    def update_job(self, job_id: int, status: str, result: dict[str, Any] | None = None,
+                   error: str | None = None) -> Any:
+        return self._write(records.update_job, job_id, status, result, error)
+
+    def record_gate_result(self, task: str, language: str, version: int,
+                           gates: list[dict[str, Any]]) -> Any:
+        return self._write(records.record_gate_result, task, language, version, gates)
+
+    def record_canary_analysis(self, task: str, language: str, step: int, weight: float,
+                               metrics: dict[str, Any], verdict: str) -> Any:
+        return self._write(records.record_canary_analysis, task, language, step, weight,
+                           metrics, verdict)
+
+    def record_drift_report(self, task: str, language: str, **kwargs: Any) -> Any:
+        return self._write(records.record_drift_report, task, language, **kwargs)
+
+    def put_reference_cache(self, task: str, language: str, reference_key: str,
+                            artifact_sha256: str, stats: dict[str, Any]) -> Any:
+        return self._write(records.put_reference_cache, task, language, reference_key,
+                           artifact_sha256, stats)
+
+    def log_inference_events(self, rows: list[dict[str, Any]]) -> int:
+        return self._write(records.log_inference_events, rows)
+
+    # -- loading (the contract's third check is the caller's: compare the loaded model's
+    #    fingerprint with the recorded one, see controller.training.artifact) ------------
+    def encoder_dir(self, ref: str) -> tuple[BaseEncoder, Path]:
+        with self.reading() as s:
+            enc = encoder_by_ref(s, ref)
+        return enc, self.store.materialize_tree(enc.artifact_sha256)
+
+    def adapter_weights(self, task: str, language: str, version: int) -> tuple[Adapter, Path]:
+        with self.reading() as s:
+            adapter = adapter_by_version(s, task, language, version)
+        return adapter, self.store.verified_path(adapter.artifact_sha256)
+
+    def verify_dataset(self, dataset: Dataset) -> Path:
+        path = Path(dataset.uri)
+        if not path.is_file():
+            raise ArtifactError(f"dataset file {path} is missing", "restore it or re-register")
+        actual = sha256_file(path)
+        if actual != dataset.sha256:
+            raise ArtifactError(f"dataset {dataset.ref} changed on disk: sha256 {actual[:12]} "
+                                f"but registered {dataset.sha256[:12]}",
+                                "register the new file as a new dataset version")
+        return path
+
+    # -- reads -------------------------------------------------------------------------
+    def query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a function of registry.queries in a read transaction."""
+        with self.reading() as s:
+            return fn(s, *args, **kwargs)
+
+    def status(self, task: str | None = None) -> list[dict[str, Any]]:
+        return self.query(queries.status, task)
+
+    def resolve(self, task: str, language: str, routing_key: str) -> Resolution:
+        return resolve(self.db, task, language, routing_key)
+
+    def cached_resolver(self, ttl: float = 0.5) -> CachedResolver:
+        return CachedResolver(self.db, ttl)
