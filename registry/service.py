@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from registry import migrate, queries
 from registry.artifacts import ArtifactStore, sha256_file
-from registry.commands import catalog, deployment, records
+from registry.commands import catalog, deployment, outbox, records
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.db import Database
 from registry.errors import ArtifactError, DatabaseNotReady
@@ -162,6 +162,27 @@ class Registry:
 
     def log_inference_events(self, rows: list[dict[str, Any]]) -> int:
         return self._write(records.log_inference_events, rows)
+
+    def note(self, action: str, *, task: str | None = None, language: str | None = None,
+             adapter_id: int | None = None, after: dict[str, Any] | None = None,
+             reason: str | None = None) -> Any:
+        """An event that changes no registry row (e.g. the MLflow mirror repaired an alias)."""
+        with self.unit_of_work() as uow:
+            return uow.event(action, task=task, language=language, adapter_id=adapter_id,
+                             after=after, reason=reason)
+
+    # -- outbox (drained by the MLflow mirror) ------------------------------------------
+    def outbox_pending(self, limit: int = 100) -> list[Any]:
+        return self._write(outbox.pending, limit)
+
+    def outbox_delivered(self, outbox_id: int) -> None:
+        self._write(outbox.mark_delivered, outbox_id)
+
+    def outbox_failed(self, outbox_id: int, error: str, base_delay_s: float = 1.0) -> float:
+        return self._write(outbox.mark_failed, outbox_id, error, base_delay_s)
+
+    def outbox_backlog(self) -> dict[str, Any]:
+        return self._write(outbox.backlog)
 
     # -- loading (the contract's third check is the caller's: compare the loaded model's
     #    fingerprint with the recorded one, see controller.training.artifact) ------------
