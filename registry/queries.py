@@ -119,7 +119,8 @@ def status(s: Session, task: str | None = None) -> list[dict[str, Any]]:
             "canary": versions.get(t.canary_id) if t.canary_id else None,
             "canary_weight": t.canary_weight,
             "previous": versions.get(t.previous_champion_id) if t.previous_champion_id else None,
-            "phase": t.phase, "revision": t.revision, "updated_at": _iso(t.updated_at),
+            "phase": t.phase, "phase_data": t.phase_data, "revision": t.revision,
+            "updated_at": _iso(t.updated_at),
         })
     return rows
 

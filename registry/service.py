@@ -90,6 +90,9 @@ class Registry:
                            version=version, path=path, source=source, licence=licence,
                            consent=consent, collected_at=collected_at, rows=rows)
 
+    def ensure_track(self, task: str, language: str, base: str) -> Any:
+        return self._write(catalog.ensure_track, task, language, base)
+
     def register_adapter(self, **kwargs: Any) -> Adapter:
         with self.unit_of_work() as uow:
             return catalog.register_adapter(uow, self.store, **kwargs)

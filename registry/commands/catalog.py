@@ -109,6 +109,14 @@ def _weights_metadata(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path.name} has unreadable xlt metadata", "re-save it") from exc
 
 
+def ensure_track(uow: UnitOfWork, task: str, language: str, base: str) -> Track:
+    """The track of (task, language), created on base `base` if it does not exist yet."""
+    if not task or not task.strip():
+        raise InvalidInput("task is empty", "give the task name, e.g. emoji-group")
+    return _get_or_create_track(uow, task, canonical_language(language),
+                                encoder_by_ref(uow.session, base))
+
+
 def _get_or_create_track(uow: UnitOfWork, task: str, language: str, base: BaseEncoder) -> Track:
     s = uow.session
     track = s.scalars(select(Track).where(Track.task == task, Track.language == language)
@@ -127,7 +135,7 @@ def _get_or_create_track(uow: UnitOfWork, task: str, language: str, base: BaseEn
                           .with_for_update()).one()
         return track
     uow.event("create_track", track=track, after=track_state(track),
-              reason=f"first adapter registered on {base.ref}")
+              reason=f"track created on {base.ref}")
     return track
 
 

@@ -49,7 +49,8 @@ def update_job(uow: UnitOfWork, job_id: int, status: str, result: dict[str, Any]
     before = {"status": job.status}
     job.status = status
     if status == "running":
-        job.started_at, job.attempts = utcnow(), job.attempts + 1
+        # result holds who runs it (host, pid) so a dead worker can be told from a slow one
+        job.started_at, job.attempts, job.result = utcnow(), job.attempts + 1, result
     if status in ("succeeded", "failed"):
         job.finished_at, job.result, job.error = utcnow(), result, error
     uow.event(f"job_{status}", task=job.task, language=job.language, before=before,

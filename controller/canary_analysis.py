@@ -1,0 +1,77 @@
+"""Canary analysis on live traffic: canary against champion in the same window.
+
+Accuracy on events with feedback labels is compared with a one-sided two-proportion z-test;
+mean confidence is reported beside it. Verdicts: `fail` when the canary is significantly
+worse by more than the tolerated drop, `inconclusive` when either side has too little
+feedback, `pass` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from controller.policy import CanaryPolicy
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    events: int
+    labelled: int
+    correct: int
+    mean_confidence: float | None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+def arm_stats(rows: list[dict[str, Any]]) -> ArmStats:
+    labelled = [r for r in rows if r.get("feedback_label") is not None]
+    correct = sum(1 for r in labelled if r["prediction"] == r["feedback_label"])
+    conf = [float(r["confidence"]) for r in rows if r.get("confidence") is not None]
+    return ArmStats(len(rows), len(labelled), correct, sum(conf) / len(conf) if conf else None)
+
+
+def two_proportion_p_value(k1: int, n1: int, k2: int, n2: int, margin: float = 0.0) -> float:
+    """One-sided p-value of H0: p1 >= p2 - margin against H1: p1 < p2 - margin."""
+    p1, p2 = k1 / n1, k2 / n2
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(max(pooled * (1 - pooled) * (1 / n1 + 1 / n2), 1e-12))
+    z = (p1 - (p2 - margin)) / se
+    return 0.5 * math.erfc(-z / math.sqrt(2))  # standard normal CDF at z
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    verdict: str
+    canary: ArmStats
+    champion: ArmStats
+    p_value: float | None
+    reason: str
+
+    def metrics(self) -> dict[str, Any]:
+        return {"canary": {**asdict(self.canary), "accuracy": self.canary.accuracy},
+                "champion": {**asdict(self.champion), "accuracy": self.champion.accuracy},
+                "p_value": self.p_value, "reason": self.reason}
+
+
+def analyse(canary_rows: list[dict[str, Any]], champion_rows: list[dict[str, Any]],
+            policy: CanaryPolicy) -> CanaryVerdict:
+    can, champ = arm_stats(canary_rows), arm_stats(champion_rows)
+    need = policy.min_feedback_events
+    if can.labelled < need or champ.labelled < need:
+        return CanaryVerdict("inconclusive", can, champ, None,
+                             f"feedback events canary {can.labelled}, champion {champ.labelled};"
+                             f" need {need} each")
+    p = two_proportion_p_value(can.correct, can.labelled, champ.correct, champ.labelled,
+                               policy.max_accuracy_drop)
+    drop = (champ.accuracy or 0) - (can.accuracy or 0)
+    if p < policy.alpha:
+        return CanaryVerdict("fail", can, champ, p,
+                             f"canary accuracy {can.accuracy:.3f} vs champion "
+                             f"{champ.accuracy:.3f}: worse by {drop:.3f} (p={p:.4f})")
+    return CanaryVerdict("pass", can, champ, p,
+                         f"canary accuracy {can.accuracy:.3f} vs champion {champ.accuracy:.3f}"
+                         f" (p={p:.3f} for a drop over {policy.max_accuracy_drop})")
