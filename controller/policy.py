@@ -101,10 +101,23 @@ class Policy(Strict):
     guard_window_s: float = Field(3600.0, ge=0)
     guard_max_accuracy_drop: float = Field(0.05, ge=0, le=1)
     executor: Literal["inline", "subprocess"] = "inline"
+    # languages whose raw text must not be kept: only descriptors and embeddings are stored
+    no_text_languages: list[str] = Field(default_factory=list)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     gates: GatePolicy = Field(default_factory=GatePolicy)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+
+    @field_validator("no_text_languages")
+    @classmethod
+    def _languages(cls, values: list[str]) -> list[str]:
+        try:
+            return [canonical_language(v) for v in values]
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from exc
+
+    def keeps_text(self, language: str) -> bool:
+        return canonical_language(language) not in self.no_text_languages
 
     @model_validator(mode="after")
     def _unique_tracks(self) -> Policy:

@@ -62,4 +62,9 @@ def main() -> None:
 
 
 # command modules register themselves on `cli`
-from controller.cli import registry_cmds  # noqa: E402,F401
+from controller.cli import (  # noqa: E402,F401
+    controller_cmds,
+    drift_cmds,
+    mlflow_cmds,
+    registry_cmds,
+)

@@ -1,0 +1,424 @@
+"""The reconciler: per track, read state, take one idempotent step, write it down.
+
+Phases (tracks.phase) and what each tick does:
+
+  STEADY      guard window after a promotion: roll back on regression; else, when a check
+              is due, run the drift check and, on drift past the cooldown, start retraining
+  RETRAINING  run or watch the training job; success -> GATING, failure -> retry or STEADY
+  GATING      evaluate candidate and champion, record the gate report; pass -> CANARY step 1
+              (or promote when there is no champion), fail -> reject -> STEADY
+  CANARY      after each interval, analyse live traffic; pass -> next step or promote,
+              fail -> abort past the failure limit, inconclusive -> PAUSED past its limit
+  PAUSED      waits for `xlt canary resume` or `xlt canary abort`
+
+Every transition is one registry transaction guarded by the revision read at the start of
+the step, so two replicas (or a restarted one) can never both apply it: the loser gets
+StaleRevision and does nothing. All state lives in the database; killing the process at
+any point loses at most the work of the step in flight, which the next tick redoes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from controller.canary_analysis import analyse
+from controller.clock import Clock
+from controller.executors import Executor, InlineExecutor
+from controller.gates import evaluate_gates
+from controller.operations import Operations
+from controller.policy import Policy, TrackPolicy
+from registry.commands import deployment, records
+from registry.errors import StaleRevision, XltError
+from registry.schema import Job
+from registry.service import Registry
+
+log = logging.getLogger("xlt.controller")
+
+STEADY, RETRAINING, GATING, CANARY, PAUSED = "STEADY", "RETRAINING", "GATING", "CANARY", "PAUSED"
+
+
+@dataclass(frozen=True)
+class TrackState:
+    task: str
+    language: str
+    phase: str
+    data: dict[str, Any]
+    revision: int
+    champion: int | None
+    canary: int | None
+    canary_weight: float
+
+    @classmethod
+    def from_status(cls, row: dict[str, Any]) -> TrackState:
+        return cls(row["task"], row["language"], row["phase"], dict(row["phase_data"] or {}),
+                   row["revision"], row["champion"], row["canary"], row["canary_weight"])
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(owner: str | None) -> bool:
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's worker: trust it until its job times out
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+class Reconciler:
+    def __init__(self, registry: Registry, policy: Policy, ops: Operations, clock: Clock,
+                 actor: str = "controller", executor: Executor | None = None) -> None:
+        self.reg = registry
+        self.executor = executor or InlineExecutor()
+        self.policy = policy
+        self.ops = ops
+        self.clock = clock
+        self.actor = actor
+
+    # -- the loop ----------------------------------------------------------------------
+    def tick(self) -> list[str]:
+        """One pass over every controlled track; returns what each did (for the log)."""
+        done = []
+        rows = {(r["task"], r["language"]): r for r in self.reg.status()}
+        for tp in self.policy.tracks:
+            row = rows.get((tp.task, tp.language))
+            if row is None and self.policy.base:
+                self.reg.actor = self.actor
+                self.reg.ensure_track(tp.task, tp.language, self.policy.base)
+                row = next(r for r in self.reg.status(tp.task) if r["language"] == tp.language)
+            if row is None:
+                done.append(f"{tp.task}/{tp.language}: no track in the registry (skipped)")
+                continue
+            try:
+                outcome = self.step(TrackState.from_status(row), tp)
+            except StaleRevision:
+                outcome = "another writer changed the track; next tick"
+            except XltError as exc:
+                outcome = f"refused: {exc}"
+                log.warning("%s/%s: %s", tp.task, tp.language, exc)
+            done.append(f"{tp.task}/{tp.language}: {outcome}")
+        return done
+
+    def step(self, t: TrackState, tp: TrackPolicy) -> str:
+        handler = {STEADY: self._steady, RETRAINING: self._retraining, GATING: self._gating,
+                   CANARY: self._canary, PAUSED: self._paused}.get(t.phase)
+        if handler is None:
+            return f"unknown phase {t.phase}: left alone"
+        return handler(t, tp)
+
+    # -- writing -----------------------------------------------------------------------
+    def _uow(self) -> Any:  # one registry transaction, attributed to the controller
+        self.reg.actor = self.actor
+        return self.reg.unit_of_work()
+
+    @contextmanager
+    def _guarded(self, t: TrackState) -> Iterator[Any]:
+        """A transaction that first locks the track and checks it is still at the revision
+        this step read: the fence that keeps two replicas from both acting."""
+        with self._uow() as uow:
+            uow.lock_track(t.task, t.language, t.revision)
+            yield uow
+
+    def _phase(self, uow: Any, t: TrackState, phase: str, data: dict[str, Any],
+               reason: str, expected: int | None) -> None:
+        deployment.set_phase(uow, t.task, t.language, phase, data, expected, reason)
+
+    def _steady_data(self, t: TrackState, **extra: Any) -> dict[str, Any]:
+        keep = {k: t.data[k] for k in ("last_check_at", "cooldown_until") if k in t.data}
+        return {**keep, **extra}
+
+    def _to_steady(self, t: TrackState, reason: str, *, cooldown: bool, expected: int | None,
+                   uow: Any = None, alert: str | None = None, **extra: Any) -> None:
+        data = self._steady_data(t, **extra)
+        if cooldown:
+            data["cooldown_until"] = self.clock.now() + self.policy.cooldown_s
+        if uow is None:
+            with self._guarded(t) as own:
+                self._to_steady(t, reason, cooldown=cooldown, expected=expected, uow=own,
+                                alert=alert, **extra)
+            return
+        self._phase(uow, t, STEADY, data, reason, expected)
+        if alert:
+            uow.event("alert", task=t.task, language=t.language, reason=alert)
+
+    # -- STEADY ------------------------------------------------------------------------
+    def _steady(self, t: TrackState, tp: TrackPolicy) -> str:
+        now = self.clock.now()
+        guard = t.data.get("guard")
+        if guard:
+            return self._guard(t, guard, now)
+        if t.champion is None and now >= float(t.data.get("cooldown_until", 0)):
+            return self._start_training(t, now, "no champion yet: train the first one", None,
+                                        [])
+        if now - float(t.data.get("last_check_at", 0)) < self.policy.check_interval_s:
+            return "steady"
+        outcome = self.ops.check_drift(t.task, t.language,
+                                       self.policy.drift_for(t.task, t.language))
+        cooling = now < float(t.data.get("cooldown_until", 0))
+        if outcome.verdict != "drift" or cooling:
+            why = f"drift check: {outcome.verdict}" + (" (in cooldown)" if cooling else "")
+            with self._guarded(t) as uow:
+                self._phase(uow, t, STEADY, {**t.data, "last_check_at": now}, why, t.revision)
+            return why
+        return self._start_training(
+            t, now, f"drift ({', '.join(outcome.drifted_signals) or 'signals'}): retrain",
+            outcome.report_id, outcome.drifted_signals)
+
+    def _start_training(self, t: TrackState, now: float, reason: str,
+                        report_id: int | None, signals: list[str],
+                        extra: dict[str, Any] | None = None) -> str:
+        params = training_params(self.policy, t, report_id, extra)
+        with self._guarded(t) as uow:
+            job = records.create_job(uow, "train", params, self.policy.executor, t.task,
+                                     t.language)
+            self._phase(uow, t, RETRAINING,
+                        {**self._steady_data(t), "job_id": job.id, "attempt": 1,
+                         "last_check_at": now, "drift_report_id": report_id}, reason,
+                        t.revision)
+        return f"{reason} (job {job.id})"
+
+    def _guard(self, t: TrackState, guard: dict[str, Any], now: float) -> str:
+        if now > float(guard["until"]):
+            with self._guarded(t) as uow:
+                data = {k: v for k, v in t.data.items() if k != "guard"}
+                self._phase(uow, t, STEADY, data, "guard window over", t.revision)
+            return "guard window over"
+        rows = [r for r in self.ops.live_events(t.task, t.language, float(guard["since"]), now)
+                if r.get("adapter_version") == t.champion]
+        labelled = [r for r in rows if r.get("feedback_label") is not None]
+        if len(labelled) < self.policy.canary.min_feedback_events:
+            return f"guard window: {len(labelled)} labelled events so far"
+        accuracy = sum(r["prediction"] == r["feedback_label"] for r in labelled) / len(labelled)
+        baseline = float(guard["baseline_accuracy"])
+        if accuracy >= baseline - self.policy.guard_max_accuracy_drop:
+            return f"guard window: accuracy {accuracy:.3f} (baseline {baseline:.3f})"
+        reason = (f"regression in guard window: accuracy {accuracy:.3f} < baseline "
+                  f"{baseline:.3f} - {self.policy.guard_max_accuracy_drop}")
+        with self._guarded(t) as uow:
+            deployment.rollback(uow, t.task, t.language, None, t.revision, reason)
+            self._to_steady(t, "rolled back", cooldown=True, expected=None, uow=uow,
+                            alert=reason)
+        return "rolled back: " + reason
+
+    # -- RETRAINING --------------------------------------------------------------------
+    def _retraining(self, t: TrackState, tp: TrackPolicy) -> str:
+        with self.reg.reading() as s:
+            job = s.get(Job, int(t.data["job_id"]))
+            assert job is not None, "phase points at a missing job"
+            status, owner = job.status, (job.result or {}).get("owner")
+            params, result, error = dict(job.params), job.result, job.error
+        if status == "succeeded":
+            return self._trained(t, int(result["version"]))  # type: ignore[index]
+        if status == "failed":
+            return self._train_failed(t, params, error or "unknown error")
+        if status == "running" and pid_alive(owner):
+            return f"training job {t.data['job_id']} running on {owner}"
+        return self._run_job(t, int(t.data["job_id"]), params)
+
+    def _run_job(self, t: TrackState, job_id: int, params: dict[str, Any]) -> str:
+        if self.executor.name != "inline":
+            pid = self.executor.launch(job_id, lambda: {})
+            owner = f"{socket.gethostname()}:{pid}"
+            with self._guarded(t) as uow:
+                records.update_job(uow, job_id, "running", result={"owner": owner})
+                self._phase(uow, t, RETRAINING, {**t.data, "owner": owner},
+                            f"training job {job_id} launched ({self.executor.name})", t.revision)
+            return f"training job {job_id} launched as pid {pid}"
+        # claiming the job bumps the track's revision, so a second replica cannot claim it
+        with self._guarded(t) as uow:
+            records.update_job(uow, job_id, "running", result={"owner": worker_id()})
+            self._phase(uow, t, RETRAINING, {**t.data, "owner": worker_id()},
+                        f"training job {job_id} started", t.revision)
+        t = replace(t, revision=t.revision + 1)
+        try:
+            result = self.executor.launch(job_id, lambda: self.ops.train(t.task, t.language,
+                                                                         params))
+        except Exception as exc:  # training can fail in many ways; the job row says how
+            log.exception("training job %s failed", job_id)
+            with self._uow() as uow:
+                records.update_job(uow, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            return f"training job {job_id} failed: {exc}"
+        assert isinstance(result, dict)
+        with self._guarded(t) as uow:
+            records.update_job(uow, job_id, "succeeded", result=result)
+            self._phase(uow, t, GATING, {**t.data, "candidate": int(result["version"])},
+                        f"trained v{result['version']}", t.revision)
+        return f"trained candidate v{result['version']}"
+
+    def _trained(self, t: TrackState, version: int) -> str:
+        with self._guarded(t) as uow:
+            self._phase(uow, t, GATING, {**t.data, "candidate": version},
+                        f"trained v{version}", t.revision)
+        return f"candidate v{version} to gates"
+
+    def _train_failed(self, t: TrackState, params: dict[str, Any], error: str) -> str:
+        attempt = int(t.data.get("attempt", 1))
+        if attempt < self.policy.training.max_attempts:
+            with self._guarded(t) as uow:
+                job = records.create_job(uow, "train", params, self.policy.executor, t.task,
+                                         t.language)
+                self._phase(uow, t, RETRAINING,
+                            {**t.data, "job_id": job.id, "attempt": attempt + 1},
+                            f"retry after: {error}", t.revision)
+            return f"retrying training (attempt {attempt + 1})"
+        self._to_steady(t, "training failed", cooldown=True, expected=t.revision,
+                        alert=f"training failed after {attempt} attempts: {error}")
+        return "training failed: back to STEADY"
+
+    # -- GATING ------------------------------------------------------------------------
+    def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
+        version = int(t.data["candidate"])
+        candidate = self.ops.evaluate(t.task, t.language, version)
+        champion = (self.ops.evaluate(t.task, t.language, t.champion)
+                    if t.champion is not None else None)
+        fairness = self.ops.fairness(t.task, t.language, version, self.policy)
+        gates = evaluate_gates(candidate, champion, self.policy.gates, fairness)
+        report = [g.to_dict() for g in gates]
+        failed = [g.name for g in gates if not g.passed]
+        with self._guarded(t) as uow:
+            records.record_gate_result(uow, t.task, t.language, version, report)
+            if failed:
+                reason = f"gates failed: {', '.join(failed)}"
+                deployment.reject(uow, t.task, t.language, version, reason)
+                self._to_steady(t, reason, cooldown=True, expected=None, uow=uow,
+                                alert=f"candidate v{version} rejected: {reason}")
+                return f"v{version} rejected ({', '.join(failed)})"
+            deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
+            if t.champion is None:
+                deployment.promote(uow, t.task, t.language, version, t.revision,
+                                   "first champion: gates passed")
+                self._to_steady(t, "promoted", cooldown=False, expected=None, uow=uow)
+                return f"v{version} promoted (first champion)"
+            weight = self.policy.canary.steps[0]
+            deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
+                                    "gates passed")
+            now = self.clock.now()
+            self._phase(uow, t, CANARY, {**t.data, "step": 0, "step_started_at": now,
+                                         "last_analysis_at": now, "failures": 0,
+                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
+        return f"v{version} passed gates: canary at {weight:g}%"
+
+    # -- CANARY ------------------------------------------------------------------------
+    def _canary(self, t: TrackState, tp: TrackPolicy) -> str:
+        version = int(t.data["candidate"])
+        if t.canary != version:
+            # a person aborted or promoted it meanwhile: follow the registry
+            self._to_steady(t, "canary ended outside the controller", cooldown=False,
+                            expected=t.revision)
+            return "canary ended by hand: STEADY"
+        now = self.clock.now()
+        if now - float(t.data["last_analysis_at"]) < self.policy.canary.interval_s:
+            return f"canary step {t.data['step'] + 1} at {t.canary_weight:g}%: waiting"
+        events = self.ops.live_events(t.task, t.language, float(t.data["step_started_at"]), now)
+        verdict = analyse([e for e in events if e.get("adapter_version") == version],
+                          [e for e in events if e.get("adapter_version") == t.champion],
+                          self.policy.canary)
+        step = int(t.data["step"])
+        data = {**t.data, "last_analysis_at": now}
+        with self._guarded(t) as uow:
+            records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
+                                           verdict.metrics(), verdict.verdict)
+            if verdict.verdict == "pass":
+                return self._canary_passed(uow, t, version, step, data, verdict, now)
+            if verdict.verdict == "fail":
+                data["failures"] = int(data.get("failures", 0)) + 1
+                if data["failures"] > self.policy.canary.failure_limit:
+                    deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
+                    self._to_steady(t, "canary aborted", cooldown=True, expected=None, uow=uow,
+                                    alert=f"canary v{version} aborted: {verdict.reason}")
+                    return f"canary aborted: {verdict.reason}"
+                self._phase(uow, t, CANARY, {**data, "step_started_at": now},
+                            f"canary analysis failed ({data['failures']})", t.revision)
+                return f"canary analysis failed: {verdict.reason}"
+            data["inconclusive"] = int(data.get("inconclusive", 0)) + 1
+            if data["inconclusive"] > self.policy.canary.inconclusive_limit:
+                self._phase(uow, t, PAUSED, data, f"paused: {verdict.reason}", t.revision)
+                uow.event("alert", task=t.task, language=t.language,
+                          reason=f"canary v{version} paused: {verdict.reason}; "
+                                 "run `xlt canary resume` or `xlt canary abort`")
+                return "canary paused (inconclusive)"
+            self._phase(uow, t, CANARY, data, f"inconclusive: {verdict.reason}", t.revision)
+            return f"canary inconclusive: {verdict.reason}"
+
+    def _canary_passed(self, uow: Any, t: TrackState, version: int, step: int,
+                       data: dict[str, Any], verdict: Any, now: float) -> str:
+        steps = self.policy.canary.steps
+        if step + 1 < len(steps):
+            weight = steps[step + 1]
+            deployment.set_canary_weight(uow, t.task, t.language, weight, t.revision,
+                                         f"step {step + 1} passed")
+            self._phase(uow, t, CANARY, {**data, "step": step + 1, "step_started_at": now,
+                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
+            return f"canary step {step + 1} passed: weight {weight:g}%"
+        deployment.promote(uow, t.task, t.language, version, t.revision,
+                           f"canary passed all {len(steps)} steps")
+        baseline = verdict.champion.accuracy if verdict.champion.accuracy is not None else 0.0
+        guard = {"until": now + self.policy.guard_window_s, "since": now, "version": version,
+                 "baseline_accuracy": baseline}
+        self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
+        return f"v{version} promoted after {len(steps)} canary steps"
+
+    # -- PAUSED ------------------------------------------------------------------------
+    def _paused(self, t: TrackState, tp: TrackPolicy) -> str:
+        if t.canary is None:
+            self._to_steady(t, "canary ended while paused", cooldown=False, expected=t.revision)
+            return "canary ended by hand: STEADY"
+        return "paused: waiting for `xlt canary resume` or `xlt canary abort`"
+
+
+def training_params(policy: Policy, t: TrackState, report_id: int | None,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"task": t.task, "language": t.language, "epochs": policy.training.epochs,
+            "teacher": policy.training.teacher, "seed": policy.training.seed,
+            "device": policy.training.device, "continue_from": t.champion,
+            "drift_report_id": report_id, **(extra or {})}
+
+
+def request_retrain(registry: Registry, policy: Policy, task: str, language: str,
+                    reason: str, extra: dict[str, Any] | None = None,
+                    actor: str = "controller") -> int:
+    """Start a retraining job now (a person's `xlt retrain`, or the demo); the next ticks
+    carry it through gates and canary like a drift-triggered one. Only from STEADY."""
+    from registry.errors import InvalidTransition
+
+    rows = [r for r in registry.status(task) if r["language"] == language]
+    if not rows:
+        raise InvalidTransition(f"no track {task}/{language}", "see `xlt status`")
+    t = TrackState.from_status(rows[0])
+    if t.phase != STEADY:
+        raise InvalidTransition(f"track {task}/{language} is in {t.phase}",
+                                "wait until it is STEADY")
+    params = training_params(policy, t, None, extra)
+    registry.actor = actor
+    with registry.unit_of_work() as uow:
+        uow.lock_track(task, language, t.revision)
+        job = records.create_job(uow, "train", params, policy.executor, task, language)
+        deployment.set_phase(uow, task, language, RETRAINING,
+                             {**{k: t.data[k] for k in ("last_check_at",) if k in t.data},
+                              "job_id": job.id, "attempt": 1}, None, reason)
+    return job.id
+
+
+def resume_canary(registry: Registry, task: str, language: str, now: float) -> None:
+    """`xlt canary resume`: a paused track continues its current step with a fresh window."""
+    from registry.errors import InvalidTransition
+
+    rows = [r for r in registry.status(task) if r["language"] == language]
+    if not rows or rows[0]["phase"] != PAUSED:
+        raise InvalidTransition(f"track {task}/{language} is not paused",
+                                "only a PAUSED canary can be resumed")
+    t = TrackState.from_status(rows[0])
+    data = {**t.data, "inconclusive": 0, "step_started_at": now, "last_analysis_at": now}
+    registry.set_phase(task, language, CANARY, data, t.revision, "resumed by hand")
