@@ -1,0 +1,148 @@
+"""An adapter on disk: ONE safetensors file (never pickle) holding the LoRA tensors (keys
+prefixed `lora.`, peft state-dict names after the prefix) and the task head (`head.weight`,
+`head.bias`), with JSON in the safetensors metadata under `xlt`:
+`{"format", "base_fingerprint", "config": {kind, r, alpha, dropout, target_modules,
+head_shape, num_labels, labels, peft_version, transformers_version}, ...extra}` (the
+registry reads `base_fingerprint` and `config` from there at register time).
+
+Loading rebuilds the peft model on a given base after checking that the base's fingerprint
+is the one the adapter was trained on (the compatibility contract's check at load)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from registry.errors import ArtifactError, IncompatibleAdapter
+from registry.fingerprint import loaded_model_fingerprint
+
+LORA_PREFIX = "lora."
+HEAD_PREFIX = "head."
+METADATA_KEY = "xlt"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedAdapter:
+    model: PeftModel
+    head: Any  # LinearHead (import kept local to avoid a cycle in type-only use)
+    meta: dict[str, Any]
+
+
+def adapter_metadata(student: PeftModel, head: Any, labels: list[str], base_fingerprint: str,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The adapter config recorded in the file (and in the registry)."""
+    import peft
+    import transformers
+
+    cfg = student.peft_config["default"]
+    config = {
+        "kind": "lora",
+        "r": int(cfg.r),
+        "alpha": int(cfg.lora_alpha),
+        "dropout": float(cfg.lora_dropout),
+        "target_modules": sorted(cfg.target_modules),
+        "head_shape": list(head.shape),
+        "num_labels": len(labels),
+        "labels": list(labels),
+        "peft_version": peft.__version__,
+        "transformers_version": transformers.__version__,
+    }
+    return {"format": FORMAT_VERSION, "base_fingerprint": base_fingerprint, "config": config,
+            **(extra or {})}
+
+
+def save_adapter(path: str | Path, student: PeftModel, head: Any, labels: list[str],
+                 base_fingerprint: str, extra: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """Write the adapter file; returns the metadata written."""
+    if head.shape[1] != len(labels):
+        raise ArtifactError(f"head has {head.shape[1]} outputs for {len(labels)} labels",
+                            "train the head on the task's label list")
+    meta = adapter_metadata(student, head, labels, base_fingerprint, extra)
+    tensors = {LORA_PREFIX + k: v.detach().cpu().contiguous()
+               for k, v in get_peft_model_state_dict(student).items()}
+    tensors.update({HEAD_PREFIX + k: v for k, v in head.tensors().items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    return meta
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
+                                            dict[str, torch.Tensor]]:
+    """(metadata, LoRA tensors by peft key, head tensors) without building a model."""
+    # no suffix check: registry blobs are named by their sha256; safe_open refuses anything
+    # that is not safetensors (and safetensors never executes code, unlike pickle)
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(METADATA_KEY)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"cannot read adapter {path}: {exc}",
+                            "the file is not a valid safetensors file") from exc
+    if raw is None:
+        raise ArtifactError(f"{path} has no {METADATA_KEY} metadata",
+                            "write adapters with controller.training.artifact.save_adapter")
+    meta = json.loads(raw)
+    lora = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
+    head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
+    return meta, lora, head
+
+
+def check_base(meta: dict[str, Any], base_model: Any, tokenizer: Any) -> str:
+    """Refuse a base whose fingerprint differs from the adapter's; returns the fingerprint."""
+    actual = loaded_model_fingerprint(base_model, tokenizer)
+    expected = meta.get("base_fingerprint")
+    if actual != expected:
+        raise IncompatibleAdapter(
+            f"adapter was trained on base fingerprint {expected}, "
+            f"the loaded base has fingerprint {actual}",
+            "load the base encoder version the adapter was trained on, or retrain the adapter")
+    return actual
+
+
+def load_adapter(path: str | Path, base_model: Any, tokenizer: Any,
+                 copy_base: bool = True) -> LoadedAdapter:
+    """Rebuild student (base + LoRA) and head from one file, after the fingerprint check.
+    With copy_base=False the LoRA layers are injected into `base_model` itself."""
+    from controller.training.head import LinearHead
+
+    meta, lora, head_tensors = read_adapter(path)
+    cfg = meta.get("config", {})
+    if cfg.get("kind") != "lora":
+        raise ArtifactError(f"adapter kind {cfg.get('kind')!r} is not supported",
+                            "only LoRA adapters are")
+    check_base(meta, base_model, tokenizer)
+    config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                        target_modules=list(cfg["target_modules"]), bias="none")
+    base = copy.deepcopy(base_model) if copy_base else base_model
+    student = get_peft_model(base, config)
+    result = set_peft_model_state_dict(student, lora)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    expected_keys = set(get_peft_model_state_dict(student))
+    missing = sorted(expected_keys - set(lora))
+    if unexpected or missing:
+        raise ArtifactError(f"adapter tensors do not match its config (unexpected "
+                            f"{unexpected[:3]}, missing {missing[:3]})",
+                            "the file is corrupt or was written by another tool")
+    head = LinearHead.from_tensors(head_tensors)
+    if list(head.shape) != list(cfg["head_shape"]):
+        raise ArtifactError(f"head tensors have shape {list(head.shape)}, the metadata says "
+                            f"{cfg['head_shape']}", "the file is corrupt")
+    return LoadedAdapter(model=student.eval(), head=head, meta=meta)

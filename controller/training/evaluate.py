@@ -1,0 +1,115 @@
+"""Evaluation of an adapter on a held-out split: the one function the gates call.
+
+Metrics (all plain JSON values):
+* accuracy, macro-F1 (over labels with support or predictions), expected calibration error
+  (15 equal-width confidence bins, confidence = top softmax probability);
+* transfer gap: source-language accuracy of the teacher minus L accuracy of the student;
+* forgetting: source accuracy of the teacher minus source accuracy through the student;
+* a per-class report, and per-item correctness (`correct`, and `items` with ids and
+  confidences) for the gates' paired bootstrap; items are in the split file's order (sorted
+  by id), the same for every version of a track, so vectors pair up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from controller.encoder import TextEncoder
+from controller.training.embed import embed_sorted
+from controller.training.head import LinearHead
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """Sum over bins of |accuracy - mean confidence| weighted by the bin's share of items."""
+    if len(confidence) == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # bin i holds (edges[i], edges[i+1]]; confidence 0 falls in the first bin
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+    return float(ece)
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]
+                     ) -> dict[str, dict[str, float]]:
+    report: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(labels):
+        tp = int(((y_pred == i) & (y_true == i)).sum())
+        predicted = int((y_pred == i).sum())
+        support = int((y_true == i).sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[name] = {"precision": precision, "recall": recall, "f1": f1,
+                        "support": support, "predicted": predicted}
+    return report
+
+
+def macro_f1(report: dict[str, dict[str, float]]) -> float:
+    present = [r["f1"] for r in report.values() if r["support"] or r["predicted"]]
+    return float(np.mean(present)) if present else 0.0
+
+
+def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
+             texts: Sequence[str]) -> np.ndarray:
+    emb = embed_sorted(encoder, texts, model=model)
+    with torch.inference_mode():
+        return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
+
+
+def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float((probs.argmax(1) == y).mean()) if len(y) else 0.0
+
+
+def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: LinearHead,
+                   df: pd.DataFrame, language: str, labels: Sequence[str],
+                   source_language: str = "en") -> dict[str, Any]:
+    """Evaluate `student` (None = the bare base, i.e. zero-shot) on the rows of `df` in
+    `language`; `df` should also hold the split's `source_language` rows for the gap and
+    forgetting figures. `encoder.model` is the teacher."""
+    index = {name: i for i, name in enumerate(labels)}
+    target = df[df["language"] == language]
+    source = df[df["language"] == source_language]
+    y = np.array([index[lab] for lab in target["label"]], dtype=int)
+    probs = _predict(encoder, student, head, target["text"].tolist())
+    pred = probs.argmax(1) if len(y) else np.zeros(0, dtype=int)
+    correct = (pred == y).astype(int)
+    confidence = probs.max(1) if len(y) else np.zeros(0)
+    report = per_class_report(y, pred, labels)
+
+    y_src = np.array([index[lab] for lab in source["label"]], dtype=int)
+    src_teacher = _accuracy(_predict(encoder, None, head, source["text"].tolist()), y_src)
+    src_student = (src_teacher if student is None else
+                   _accuracy(_predict(encoder, student, head, source["text"].tolist()), y_src))
+    accuracy = float(correct.mean()) if len(y) else 0.0
+    return {
+        "language": language,
+        "source_language": source_language,
+        "n": len(y),
+        "accuracy": accuracy,
+        "macro_f1": macro_f1(report),
+        "ece": expected_calibration_error(confidence, correct),
+        "source_accuracy_teacher": src_teacher,
+        "source_accuracy_student": src_student,
+        "transfer_gap": src_teacher - accuracy,
+        "forgetting": src_teacher - src_student,
+        # the names the gates read (controller.gates): English accuracy through the
+        # student, and the per-item vector in the split's fixed item order (by id)
+        "english_accuracy": src_student if source_language == "en" else None,
+        "correct": correct.tolist(),
+        "per_class": report,
+        "items": {"ids": target["id"].tolist(), "correct": correct.tolist(),
+                  "confidence": [round(float(c), 6) for c in confidence]},
+    }

@@ -1,0 +1,211 @@
+"""Training and evaluation against the registry: what a training job and the gates run.
+
+`train_adapter` loads the track's base from the registry (verified by sha256 on
+materialisation, and by fingerprint after loading), picks the teacher language, builds
+parallel pairs from the shipped CLDR dataset (registered with provenance on first use),
+trains the LoRA student (warm-started from a champion when asked, with replay of the
+champion's training pairs and an L2 pull toward its weights), evaluates it on the held-out
+test split, writes the one-file artifact and registers it with metrics and lineage
+(teacher, dataset ids, base fingerprint, hyper-parameters, parent version).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from controller.data import cldr
+from controller.encoder import TextEncoder
+from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
+from controller.training.distill import DistillConfig, ParallelData, distill
+from controller.training.embed import embed_sorted
+from controller.training.evaluate import evaluate_split
+from controller.training.head import LinearHead, train_head
+from controller.training.teacher import choose_teacher
+from registry import queries
+from registry.errors import IncompatibleAdapter, InvalidInput, NotFound
+from registry.fingerprint import loaded_model_fingerprint
+from registry.languages import canonical_language
+
+# task -> (dataset name, its label list); one task today
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {"emoji-group": (cldr.DATASET_NAME, cldr.LABELS)}
+# metrics kept in the registry row (the per-item vectors are recomputed by evaluate_adapter)
+SUMMARY_KEYS = ("language", "source_language", "n", "accuracy", "macro_f1", "ece",
+                "source_accuracy_teacher", "source_accuracy_student", "transfer_gap",
+                "forgetting", "english_accuracy", "per_class")
+DEFAULT_L2_PULL = 1e-2  # when continuing from a champion
+
+
+def task_spec(task: str) -> tuple[str, tuple[str, ...]]:
+    if task not in TASKS:
+        raise InvalidInput(f"unknown task {task!r}", f"known tasks: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def ensure_dataset(registry: Any, language: str, split: str,
+                   data_dir: str | Path = cldr.SHIPPED_DIR) -> int:
+    """Id of the registered `cldr-emoji` (language, split), registering it on first use.
+
+    A split file holds every language; each (language, split) is registered with that
+    file (so its sha256 is the file's) and that language's row count."""
+    language = canonical_language(language)
+    manifest = cldr.load_manifest(data_dir)
+    version = manifest["version"]
+    for row in registry.query(queries.list_datasets, manifest["name"], language):
+        if row["split"] == split and row["version"] == version:
+            return int(row["id"])
+    rows = manifest["per_language"].get(language, {}).get(split)
+    if not rows:
+        raise NotFound(f"{manifest['name']}@{version} has no {split} rows for {language}",
+                       f"languages: {', '.join(sorted(manifest['per_language']))}")
+    prov = cldr.provenance()
+    ds = registry.register_dataset(
+        name=manifest["name"], language=language, split=split, version=version,
+        path=cldr.split_path(split, data_dir), source=prov["source"], licence=prov["licence"],
+        consent=prov["consent"], rows=int(rows),
+        collected_at=datetime.fromisoformat(prov["collected_at"]).replace(tzinfo=UTC))
+    return int(ds.id)
+
+
+def load_base(registry: Any, base_ref: str, device: str = "auto",
+              max_length: int = 48) -> tuple[Any, TextEncoder]:
+    """The registered base, materialised (sha256-verified) and loaded; the loaded model's
+    fingerprint must equal the registered one."""
+    encoder_row, model_dir = registry.encoder_dir(base_ref)
+    encoder = TextEncoder(model_dir, device=device, max_length=max_length)
+    actual = loaded_model_fingerprint(encoder.model, encoder.tokenizer)
+    if actual != encoder_row.fingerprint:
+        raise IncompatibleAdapter(f"{base_ref} is registered with fingerprint "
+                                  f"{encoder_row.fingerprint}, the loaded model has {actual}",
+                                  "re-register the base encoder")
+    return encoder_row, encoder
+
+
+def _track_base(registry: Any, task: str, language: str, base: str | None) -> str:
+    rows = [r for r in registry.status(task) if r["language"] == language]
+    if rows and rows[0]["base"]:
+        if base and base != rows[0]["base"]:
+            raise InvalidInput(f"track {task}/{language} is on {rows[0]['base']}, not {base}",
+                               "train on the track's base, or move the track first")
+        return str(rows[0]["base"])
+    if not base:
+        raise NotFound(f"no track {task}/{language} and no base given",
+                       "pass base='name@version' (see `xlt encoder list`)")
+    return base
+
+
+def _pairs(df: pd.DataFrame, teacher: str, languages: Sequence[str],
+           limit: int | None) -> ParallelData:
+    frames = [cldr.parallel_pairs(df, teacher, lang) for lang in languages]
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if limit is not None:
+        pairs = pairs.iloc[:limit]
+    return ParallelData(pairs["text_target"].tolist(), pairs["text_source"].tolist())
+
+
+def _head_for(encoder: TextEncoder, train: pd.DataFrame, teacher: str,
+              labels: Sequence[str], seed: int) -> LinearHead:
+    rows = train[train["language"] == teacher]
+    index = {name: i for i, name in enumerate(labels)}
+    emb = embed_sorted(encoder, rows["text"].tolist()).numpy()
+    return train_head(emb, [index[x] for x in rows["label"]], len(labels), seed=seed)
+
+
+def train_adapter(registry: Any, task: str, language: str, teacher: str | None = None,
+                  epochs: int | None = None, device: str = "auto", seed: int = 0,
+                  continue_from: int | None = None, base: str | None = None,
+                  data_languages: Sequence[str] | None = None,
+                  config: DistillConfig | None = None, limit_pairs: int | None = None,
+                  progress: bool = False, **_ignored: Any) -> dict[str, Any]:
+    """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
+
+    `data_languages`: whose text to train on (default: the track's language; a retrain
+    after drift may add the variant the traffic moved to, e.g. ["yo", "yo-BJ"]).
+    Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
+    recorded in the hyper-parameters."""
+    dataset_name, labels = task_spec(task)
+    language = canonical_language(language)
+    base_ref = _track_base(registry, task, language, base)
+    encoder_row, encoder = load_base(registry, base_ref, device)
+    cfg = config or DistillConfig()
+    cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}))
+
+    registered = [r["language"] for r in registry.status(task)]
+    choice = (None if teacher else
+              choose_teacher(language, candidates=sorted({"en", *registered} - {language})))
+    teacher_lang = canonical_language(teacher) if teacher else choice.teacher  # type: ignore[union-attr]
+    langs = [canonical_language(x) for x in (data_languages or [language])]
+
+    train = cldr.load_split("train", [teacher_lang, *langs])
+    dataset_ids = [ensure_dataset(registry, lang, "train") for lang in [teacher_lang, *langs]]
+    for ds_id in dataset_ids:  # the registered file is the one we read: verify it
+        ds = next(r for r in registry.query(queries.list_datasets, dataset_name)
+                  if r["id"] == ds_id)
+        cldr.verify_sha256(Path(ds["uri"]), ds["sha256"])
+    pairs = _pairs(train, teacher_lang, langs, limit_pairs)
+
+    init_lora = replay = None
+    parent = None
+    if continue_from is not None:
+        parent_row, parent_path = registry.adapter_weights(task, language, continue_from)
+        meta, init_lora, head_tensors = read_adapter(parent_path)
+        check_base(meta, encoder.model, encoder.tokenizer)
+        head = LinearHead.from_tensors(head_tensors)
+        old_langs = parent_row.hyperparams.get("data_languages") or [language]
+        replay = _pairs(cldr.load_split("train", [teacher_lang, *old_langs]), teacher_lang,
+                        old_langs, limit_pairs)
+        if cfg.l2_pull == 0:
+            cfg = replace(cfg, l2_pull=DEFAULT_L2_PULL)
+        parent = continue_from
+    else:
+        head = _head_for(encoder, train, teacher_lang, labels, seed)
+
+    t0 = time.perf_counter()
+    result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
+                     progress=progress)
+    wall = time.perf_counter() - t0
+    test = cldr.load_split("test", [teacher_lang, language])
+    evaluation = evaluate_split(encoder, result.model, head, test, language, labels,
+                                source_language=teacher_lang)
+    metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
+    metrics["split"] = "test"
+    hyper = {**cfg.to_dict(), "data_languages": langs, "device": str(encoder.device),
+             "pairs": len(pairs), "train_seconds": round(wall, 2),
+             "teacher_choice": choice.to_dict() if choice else {"teacher": teacher_lang,
+                                                                  "reason": "given"},
+             **{k: v for k, v in _ignored.items() if isinstance(v, int | float | str | None)}}
+
+    with tempfile.TemporaryDirectory(prefix="xlt-adapter-") as tmp:
+        path = Path(tmp) / f"{task}-{language}.safetensors"
+        save_adapter(path, result.model, head, list(labels), encoder_row.fingerprint,
+                     extra={"task": task, "language": language, "teacher": teacher_lang})
+        adapter = registry.register_adapter(
+            task=task, language=language, base=base_ref, weights=path,
+            teacher_language=teacher_lang, dataset_ids=dataset_ids, metrics=metrics,
+            hyperparams=hyper, parent_version=parent)
+    return {"version": int(adapter.version), "metrics": metrics, "teacher": teacher_lang,
+            "train_seconds": wall, "history": result.history}
+
+
+def evaluate_adapter(registry: Any, task: str, language: str, version: int,
+                     device: str = "auto", split: str = "test") -> dict[str, Any]:
+    """The full evaluation dict (with per-item `correct`) of a registered adapter."""
+    _, labels = task_spec(task)
+    language = canonical_language(language)
+    row = registry.query(queries.show_adapter, task, language, version)
+    _, path = registry.adapter_weights(task, language, version)
+    _, encoder = load_base(registry, row["base"], device)
+    loaded = load_adapter(path, encoder.model, encoder.tokenizer)  # fingerprint check
+    teacher = row["teacher_language"] or "en"
+    df = cldr.load_split(split, [teacher, language])
+    result = evaluate_split(encoder, loaded.model, loaded.head, df, language, labels,
+                            source_language=teacher)
+    result.update({"task": task, "version": int(version), "split": split})
+    return result
