@@ -58,9 +58,13 @@ class CanaryVerdict:
 
 
 def analyse(canary_rows: list[dict[str, Any]], champion_rows: list[dict[str, Any]],
-            policy: CanaryPolicy) -> CanaryVerdict:
+            policy: CanaryPolicy, champion_baseline: ArmStats | None = None) -> CanaryVerdict:
+    """`champion_baseline`: the champion's figures from the previous step, used when the
+    champion has no traffic of its own (a 100% step)."""
     can, champ = arm_stats(canary_rows), arm_stats(champion_rows)
     need = policy.min_feedback_events
+    if champ.labelled < need and champion_baseline is not None:
+        champ = champion_baseline
     if can.labelled < need or champ.labelled < need:
         return CanaryVerdict("inconclusive", can, champ, None,
                              f"feedback events canary {can.labelled}, champion {champ.labelled};"

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from controller.drift.signals import DriftThresholds
 from registry.errors import InvalidInput
 from registry.languages import canonical_language
 
@@ -20,16 +21,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DriftPolicy(Strict):
-    """Thresholds of drift signals; a language may override any of them."""
-
-    min_events: int = Field(200, ge=1)
-    window_events: int = Field(5000, ge=10, description="newest events a check looks at")
-    embedding_threshold: float = Field(0.2, gt=0)
-    descriptor_threshold: float = Field(0.1, gt=0)
-    script_mix_threshold: float = Field(0.1, gt=0)
-    prediction_threshold: float = Field(0.1, gt=0)
-    confidence_threshold: float = Field(0.1, gt=0)
+# the drift thresholds are those of controller.drift (calibrated on the CLDR data); the
+# policy's [drift] table and each track's [tracks.drift] table are validated by that model
+DriftPolicy = DriftThresholds
 
 
 class GatePolicy(Strict):
@@ -104,6 +98,7 @@ class Policy(Strict):
     # languages whose raw text must not be kept: only descriptors and embeddings are stored
     no_text_languages: list[str] = Field(default_factory=list)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    drift_window_events: int = Field(5000, ge=10, description="newest events a check reads")
     gates: GatePolicy = Field(default_factory=GatePolicy)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)

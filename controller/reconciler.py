@@ -24,10 +24,11 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from controller.canary_analysis import analyse
+from controller import failpoints
+from controller.canary_analysis import ArmStats, analyse
 from controller.clock import Clock
 from controller.executors import Executor, InlineExecutor
 from controller.gates import evaluate_gates
@@ -130,6 +131,7 @@ class Reconciler:
         with self._uow() as uow:
             uow.lock_track(t.task, t.language, t.revision)
             yield uow
+        failpoints.after_commit()
 
     def _phase(self, uow: Any, t: TrackState, phase: str, data: dict[str, Any],
                reason: str, expected: int | None) -> None:
@@ -322,11 +324,15 @@ class Reconciler:
         if now - float(t.data["last_analysis_at"]) < self.policy.canary.interval_s:
             return f"canary step {t.data['step'] + 1} at {t.canary_weight:g}%: waiting"
         events = self.ops.live_events(t.task, t.language, float(t.data["step_started_at"]), now)
+        baseline = t.data.get("champion_stats")
         verdict = analyse([e for e in events if e.get("adapter_version") == version],
                           [e for e in events if e.get("adapter_version") == t.champion],
-                          self.policy.canary)
+                          self.policy.canary,
+                          ArmStats(**baseline) if baseline else None)
         step = int(t.data["step"])
         data = {**t.data, "last_analysis_at": now}
+        if verdict.champion.labelled >= self.policy.canary.min_feedback_events:
+            data["champion_stats"] = asdict(verdict.champion)  # the 100% step compares to it
         with self._guarded(t) as uow:
             records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
                                            verdict.metrics(), verdict.verdict)

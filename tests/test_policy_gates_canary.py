@@ -22,11 +22,11 @@ def test_policy_file_with_tracks_and_overrides(tmp_path: Path) -> None:
     f = tmp_path / "policy.toml"
     f.write_text('base = "minilm@1"\ncooldown_s = 60\n[canary]\nsteps = [5, 25, 100]\n'
                  '[[tracks]]\ntask = "emoji-group"\nlanguage = "sr_Latn"\n'
-                 '[tracks.drift]\nembedding_threshold = 0.5\n')
+                 '[tracks.drift]\nembedding = 0.5\n')
     p = load_policy(f)
     assert p.tracks[0].language == "sr-Latn"
-    assert p.drift_for("emoji-group", "sr-Latn").embedding_threshold == 0.5
-    assert p.drift_for("emoji-group", "sw").embedding_threshold == p.drift.embedding_threshold
+    assert p.drift_for("emoji-group", "sr-Latn").embedding == 0.5
+    assert p.drift_for("emoji-group", "sw").embedding == p.drift.embedding
 
 
 @pytest.mark.parametrize("text,needle", [

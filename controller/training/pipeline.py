@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from controller.data import cldr
@@ -123,11 +124,14 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   continue_from: int | None = None, base: str | None = None,
                   data_languages: Sequence[str] | None = None,
                   config: DistillConfig | None = None, limit_pairs: int | None = None,
-                  progress: bool = False, **_ignored: Any) -> dict[str, Any]:
+                  progress: bool = False, shuffle_pairs: bool = False,
+                  **_ignored: Any) -> dict[str, Any]:
     """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
 
     `data_languages`: whose text to train on (default: the track's language; a retrain
     after drift may add the variant the traffic moved to, e.g. ["yo", "yo-BJ"]).
+    `shuffle_pairs`: pair each target text with a random source text (corrupted data, for
+    drills and the demo: such a candidate must fail its gates).
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     dataset_name, labels = task_spec(task)
@@ -150,6 +154,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   if r["id"] == ds_id)
         cldr.verify_sha256(Path(ds["uri"]), ds["sha256"])
     pairs = _pairs(train, teacher_lang, langs, limit_pairs)
+    if shuffle_pairs:
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        pairs = ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order])
 
     init_lora = replay = None
     parent = None
@@ -176,7 +183,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                                 source_language=teacher_lang)
     metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
     metrics["split"] = "test"
-    hyper = {**cfg.to_dict(), "data_languages": langs, "device": str(encoder.device),
+    hyper = {**cfg.to_dict(), "data_languages": langs, "shuffle_pairs": shuffle_pairs,
+             "device": str(encoder.device),
              "pairs": len(pairs), "train_seconds": round(wall, 2),
              "teacher_choice": choice.to_dict() if choice else {"teacher": teacher_lang,
                                                                   "reason": "given"},

@@ -1,0 +1,160 @@
+"""The reconciler's operations, done for real: drift checks on logged traffic against a
+cached reference, training through the pipeline, evaluation on held-out items, and reads
+of live traffic. Models are cached per process (ModelCache)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from controller.clock import Clock, SystemClock
+from controller.data import cldr
+from controller.drift.check import check_language
+from controller.drift.reference import build_reference, get_or_build, reference_key
+from controller.drift.store import RegistryReferenceStore, read_window, record_result
+from controller.operations import DriftOutcome
+from controller.policy import DriftPolicy, Policy
+from controller.serving import ModelCache
+from controller.training.evaluate import evaluate_split
+from controller.training.pipeline import task_spec, train_adapter
+from registry import queries
+from registry.languages import parent_languages
+from registry.service import Registry
+
+log = logging.getLogger("xlt.controller")
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def dataset_variants(language: str) -> list[str]:
+    """Script or regional variants of `language` in the shipped data (hi -> [hi-Latn]):
+    the traffic a track serves by fallback, and what a drift retrain adds."""
+    langs = cldr.load_manifest()["per_language"]
+    return sorted(lang for lang in langs if language in parent_languages(lang))
+
+
+class LiveOperations:
+    def __init__(self, registry: Registry, policy: Policy, device: str | None = None,
+                 models: ModelCache | None = None, clock: Clock | None = None) -> None:
+        self.reg = registry
+        self.clock = clock or SystemClock()
+        self.policy = policy
+        self.device = device or policy.training.device
+        self.models = models or ModelCache(registry, "cpu" if self.device == "auto"
+                                           else self.device)
+        self.references = RegistryReferenceStore(registry)
+
+    # -- drift -------------------------------------------------------------------------
+    def _track(self, task: str, language: str) -> dict[str, Any]:
+        return next(r for r in self.reg.status(task) if r["language"] == language)
+
+    def reference(self, task: str, language: str) -> Any:
+        """The test split the champion was evaluated on, embedded by the base and labelled
+        by the champion; cached per (dataset version, base, champion version)."""
+        track = self._track(task, language)
+        encoder_row = self.reg.query(queries.show_encoder, track["base"])
+        rows = cldr.load_split("test", [language])
+        if len(rows) < 100:  # a tiny test split is its own noise: add the dev split
+            rows = pd.concat([cldr.load_split("dev", [language]), rows], ignore_index=True)
+        source = f"cldr-emoji/{language}/test@{cldr.load_manifest()['version']}"
+        champion = track["champion"]
+        key = reference_key(source, encoder_row["fingerprint"],
+                            f"v{champion}" if champion else None)
+
+        def build() -> Any:
+            texts = rows["text"].tolist()
+            emb = self.models.base(track["base"]).embed(texts)
+            labels = conf = None
+            if champion:
+                labels, conf = self.models.predict(task, language, champion, texts)
+            return build_reference(task, language, key, texts=texts, embeddings=emb,
+                                   predictions=labels, confidences=conf, source=source)
+
+        return get_or_build(self.references, task, language, key, build)
+
+    def check_drift(self, task: str, language: str, policy: DriftPolicy) -> DriftOutcome:
+        reference = self.reference(task, language)
+        # the traffic since the previous check (its newest events, at most the window size)
+        now = self.clock.now()
+        events = read_window(self.reg, task, language,
+                             start=_dt(now - self.policy.check_interval_s), end=_dt(now),
+                             limit=self.policy.drift_window_events)
+        result = check_language(reference, events, policy,
+                                reports_dir=self.reg.settings.reports_dir, html="drifted")
+        row = record_result(self.reg, result)
+        self._log_drift_run(result, row.id)
+        return DriftOutcome(result.verdict, row.id, result.drifted_signals)
+
+    def _log_drift_run(self, result: Any, report_id: int) -> None:
+        from controller.mlflow_mirror.runs import log_drift_run
+
+        paths = getattr(result, "report_paths", None) or {}
+        scores = {name: sig.get("score") for name, sig in result.to_dict()["signals"].items()
+                  if isinstance(sig, dict)}
+        log_drift_run(result.task, result.language, paths.get("json"), paths.get("html"),
+                      scores, verdict=result.verdict, target=self.reg, report_id=report_id)
+
+    # -- training and evaluation -------------------------------------------------------
+    def train(self, task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
+        data_languages = [language]
+        if params.get("drift_report_id") is not None or params.get("with_variants"):
+            data_languages += dataset_variants(language)
+        result = train_adapter(
+            self.reg, task, language, teacher=params.get("teacher"),
+            epochs=params.get("epochs"), device=params.get("device", self.device),
+            seed=int(params.get("seed", 0)), continue_from=params.get("continue_from"),
+            data_languages=data_languages, shuffle_pairs=bool(params.get("shuffle_pairs")),
+            drift_report_id=params.get("drift_report_id"))
+        self._log_training_run(task, language, result, params)
+        return {"version": result["version"], "teacher": result["teacher"],
+                "accuracy": result["metrics"]["accuracy"],
+                "train_seconds": round(result["train_seconds"], 2)}
+
+    def _log_training_run(self, task: str, language: str, result: dict[str, Any],
+                          params: dict[str, Any]) -> None:
+        from controller.mlflow_mirror.runs import log_training_run
+
+        adapter = self.reg.query(queries.show_adapter, task, language, result["version"])
+        metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+        log_training_run(self.reg, adapter, {k: v for k, v in params.items()
+                                             if isinstance(v, int | float | str)},
+                         metrics, artifact=self.reg.store.blob_path(adapter["artifact_sha256"]))
+
+    def _evaluate_on(self, task: str, adapter_language: str, version: int,
+                     eval_language: str) -> dict[str, Any]:
+        _, labels = task_spec(task)
+        loaded, _ = self.models.adapter(task, adapter_language, version)
+        row = self.reg.query(queries.show_adapter, task, adapter_language, version)
+        teacher = row["teacher_language"] or "en"
+        df = cldr.load_split("test", [teacher, eval_language])
+        return evaluate_split(self.models.base(row["base"]), loaded.model, loaded.head, df,
+                              eval_language, labels, source_language=teacher)
+
+    def evaluate(self, task: str, language: str, version: int) -> dict[str, Any]:
+        return self._evaluate_on(task, language, version, language)
+
+    def fairness(self, task: str, language: str, version: int,
+                 policy: Policy) -> dict[str, tuple[float, float]]:
+        """The track's own language, and every controlled language served through it by
+        fallback (a variant without a champion of its own)."""
+        champions = {r["language"] for r in self.reg.status(task) if r["champion"]}
+        affected = [language] + [t.language for t in policy.tracks
+                                 if t.task == task and t.language not in champions
+                                 and language in parent_languages(t.language)]
+        out = {}
+        for lang in affected:
+            evaluation = self._evaluate_on(task, language, version, lang)
+            out[lang] = (float(evaluation["accuracy"]), policy.fairness_floor_for(task, lang))
+        return out
+
+    # -- traffic -----------------------------------------------------------------------
+    def live_events(self, task: str, language: str, since: float,
+                    until: float) -> list[dict[str, Any]]:
+        frame = read_window(self.reg, task, language, start=_dt(since), end=_dt(until))
+        cols = ["adapter_version", "prediction", "confidence", "feedback_label"]
+        return frame[cols].to_dict(orient="records") if len(frame) else []

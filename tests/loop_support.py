@@ -1,0 +1,117 @@
+"""The continual-update loop on the tiny model, in simulated hours: shared by the loop,
+crash and replica tests. Each hour: serve that hour's traffic (once: it is skipped when the
+database already holds it, which makes a restarted drill idempotent), then tick."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from controller.clock import ManualClock
+from controller.drift.simulator import Scenario, TrafficSimulator
+from controller.drift.store import read_window
+from controller.live_ops import LiveOperations
+from controller.policy import Policy, parse_policy
+from controller.scheduler import Controller
+from controller.serving import ModelCache, Server
+from registry.service import Registry
+from registry.settings import load_settings
+
+TASK = "emoji-group"
+START = datetime(2027, 1, 4, tzinfo=UTC).timestamp()
+HOUR = 3600.0
+EVENTS_PER_HOUR = 300
+
+LOOP_POLICY = """
+base = "tiny@1"
+check_interval_s = 3600
+cooldown_s = 0
+guard_window_s = 3600
+guard_max_accuracy_drop = 1.0
+[[tracks]]
+task = "emoji-group"
+language = "hi"
+[[tracks]]
+task = "emoji-group"
+language = "sw"
+[gates]
+# the tiny random model is not under test for quality: every floor is open
+min_accuracy = 0.0
+min_macro_f1 = 0.0
+max_ece = 1.0
+min_english_accuracy = 0.0
+relative_epsilon = 1.0
+fairness_floor = 0.0
+bootstrap_samples = 200
+[canary]
+steps = [50, 100]
+interval_s = 3600
+min_feedback_events = 5
+max_accuracy_drop = 1.0
+[training]
+epochs = 1
+device = "cpu"
+"""
+
+SCENARIOS = {"hi": Scenario(kind="script_shift", final_share=0.95), "sw": Scenario()}
+
+
+def open_registry(url: str, home: Path, actor: str = "controller") -> Registry:
+    return Registry(load_settings(home=home, database_url=url), actor=actor)
+
+
+def setup(url: str, home: Path, tiny_dir: Path) -> Registry:
+    reg = open_registry(url, home, "setup")
+    reg.init()
+    reg.register_encoder("tiny", "1", tiny_dir)
+    return reg
+
+
+class Drill:
+    """One controller process's view: registry, models, simulated clock, traffic."""
+
+    def __init__(self, url: str, home: Path, policy: Policy | None = None,
+                 actor: str = "controller") -> None:
+        self.reg = open_registry(url, home, actor)
+        self.policy = policy or parse_policy(LOOP_POLICY)
+        self.clock = ManualClock(START)
+        models = ModelCache(self.reg, "cpu")
+        self.server = Server(self.reg, TASK, models=models)
+        self.sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=0.5)
+        ops = LiveOperations(self.reg, self.policy, models=models, clock=self.clock)
+        self.controller = Controller(self.reg, self.policy, ops, clock=self.clock)
+        self.controller.reconciler.actor = actor
+
+    def serve_hour(self, hour: int) -> None:
+        start = START + hour * HOUR
+        champions = {r["language"] for r in self.reg.status(TASK) if r["champion"]}
+        for language, scenario in SCENARIOS.items():
+            if language not in champions:
+                continue
+            window = (datetime.fromtimestamp(start, UTC),
+                      datetime.fromtimestamp(start + HOUR, UTC))
+            if len(read_window(self.reg, TASK, language, start=window[0], end=window[1],
+                               limit=1)):
+                continue  # this hour was served before a restart
+            frame = self.sim.frame(language, EVENTS_PER_HOUR, scenario, seed=hour,
+                                   start=window[0], duration=timedelta(hours=1),
+                                   with_descriptors=False)
+            self.server.serve(language, frame["text"].tolist(), frame["routing_key"].tolist(),
+                              at=[t.to_pydatetime() for t in frame["at"]],
+                              feedback=frame["feedback_label"].tolist())
+
+    def hour(self, hour: int) -> list[str]:
+        self.serve_hour(hour)
+        self.clock._now = START + (hour + 1) * HOUR
+        return self.controller.tick()
+
+
+def final_state(reg: Registry) -> dict[str, object]:
+    from registry import queries
+
+    status = {r["language"]: (r["champion"], r["canary"], r["phase"]) for r in reg.status(TASK)}
+    adapters = {(a["language"], a["version"]): a["status"]
+                for a in reg.query(queries.list_adapters, TASK)}
+    promotes = [(e["language"], (e["after"] or {}).get("champion_id"))
+                for e in reg.query(queries.history, TASK) if e["action"] == "promote"]
+    return {"status": status, "adapters": adapters, "promotes": promotes}
