@@ -37,6 +37,18 @@ class XltGroup(click.Group):
                  "(set XLT_DEBUG=1 to see the traceback, and report it)", 1)
 
 
+def quiet_libraries() -> None:
+    """Nothing is downloaded; library progress bars and deprecation chatter are not ours."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def fail(message: str, code: int) -> None:
     click.echo(f"xlt: error: {message}", err=True)
     sys.exit(code)
@@ -53,12 +65,16 @@ def fail(message: str, code: int) -> None:
 def cli(ctx: click.Context, database_url: str | None, home: str | None,
         actor: str | None) -> None:
     """xlt: a model registry and continual-update controller for cross-lingual transfer."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()
     ctx.obj = AppContext(home=home, database_url=database_url, actor=actor)
 
 
 def main() -> None:
-    cli(prog_name="xlt")
+    try:
+        cli(prog_name="xlt")
+    except BrokenPipeError:  # `xlt ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        sys.exit(0)
 
 
 # command modules register themselves on `cli`
@@ -67,4 +83,5 @@ from controller.cli import (  # noqa: E402,F401
     drift_cmds,
     mlflow_cmds,
     registry_cmds,
+    train_cmds,
 )

@@ -8,8 +8,8 @@ import click
 
 from controller.cli import cli, fail
 from controller.cli.context import AppContext
-from controller.cli.options import json_option
-from controller.cli.output import emit_json
+from controller.cli.options import json_option, lang_list
+from controller.cli.output import emit_json, emit_table
 from controller.policy import load_policy
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -49,3 +49,43 @@ def events_ingest(app: AppContext, path: str, policy_path: str | None, all_or_no
     if report.rejects:
         fail(f"{len(report.rejects)} rows rejected"
              + ("; nothing stored" if all_or_nothing else "; the good rows were stored"), 2)
+
+
+@cli.group()
+def drift() -> None:
+    """Per-language drift checks on logged traffic."""
+
+
+@drift.command("check")
+@click.option("--task", default=None, help="Only this task.")
+@click.option("--lang", "languages", multiple=True, callback=lang_list,
+              help="Only these languages (repeatable).")
+@click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False),
+              help="Policy file with drift thresholds (defaults otherwise).")
+@json_option
+@pass_app
+def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
+                policy_path: str | None, as_json: bool) -> None:
+    """Check each track's recent traffic against its reference; store the reports."""
+    from controller.live_ops import LiveOperations
+
+    policy = load_policy(policy_path)
+    reg = app.registry()
+    tracks = [r for r in reg.status(task) if r["champion"] and
+              (not languages or r["language"] in languages)]
+    if not tracks:
+        fail("no tracks with a champion to check"
+             + (f" among {', '.join(languages)}" if languages else ""), 2)
+    ops = LiveOperations(reg, policy)
+    rows = []
+    for t in tracks:
+        outcome = ops.check_drift(t["task"], t["language"],
+                                  policy.drift_for(t["task"], t["language"]))
+        rows.append({"task": t["task"], "language": t["language"], "verdict": outcome.verdict,
+                     "drifted": ", ".join(outcome.drifted_signals) or "-",
+                     "report_id": outcome.report_id})
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(rows, ["task", "language", "verdict", "drifted", "report_id"])
+        click.echo(f"reports under {reg.settings.reports_dir}")

@@ -35,3 +35,8 @@ revision_option = click.option(
     "--revision", "expected_revision", type=click.IntRange(min=0), default=None,
     help="Refuse unless the track is at this revision (from `xlt status`).")
 reason_option = click.option("--reason", default=None, help="Why, recorded in the event.")
+
+
+def lang_list(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback for a repeatable --lang option."""
+    return _language(ctx, param, tuple(value or ()))
