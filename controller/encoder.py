@@ -68,10 +68,11 @@ class TextEncoder:
     def embed(self, texts: Sequence[str], batch_size: int = 256,
               model: torch.nn.Module | None = None) -> np.ndarray:
         net = model if model is not None else self.model
-        chunks: list[np.ndarray] = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenize(texts[start:start + batch_size])
-            chunks.append(self.forward_embeddings(net, batch).float().cpu().numpy())
-        if not chunks:
-            return np.zeros((0, self.hidden_size), dtype=np.float32)
-        return np.concatenate(chunks).astype(np.float32)
+        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        # length-sorted batches: each pads to its own longest text, not the corpus's
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx])
+            out[idx] = self.forward_embeddings(net, batch).float().cpu().numpy()
+        return out

@@ -48,6 +48,8 @@ class LiveOperations:
         self.models = models or ModelCache(registry, "cpu" if self.device == "auto"
                                            else self.device)
         self.references = RegistryReferenceStore(registry)
+        # evaluations of registered (immutable) adapters on the shipped test split
+        self._evaluations: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     # -- drift -------------------------------------------------------------------------
     def _track(self, task: str, language: str) -> dict[str, Any]:
@@ -58,11 +60,17 @@ class LiveOperations:
         by the champion; cached per (dataset version, base, champion version)."""
         track = self._track(task, language)
         encoder_row = self.reg.query(queries.show_encoder, track["base"])
-        rows = cldr.load_split("test", [language])
-        if len(rows) < 100:  # a tiny test split is its own noise: add the dev split
-            rows = pd.concat([cldr.load_split("dev", [language]), rows], ignore_index=True)
-        source = f"cldr-emoji/{language}/test@{cldr.load_manifest()['version']}"
         champion = track["champion"]
+        # the languages the champion was trained for (hi, or hi + hi-Latn after a drift
+        # retrain): traffic in those is what the champion is expected to serve
+        langs = [language]
+        if champion:
+            row = self.reg.query(queries.show_adapter, task, language, champion)
+            langs = list(row["hyperparams"].get("data_languages") or [language])
+        rows = cldr.load_split("test", langs)
+        if len(rows) < 100:  # a tiny test split is its own noise: add the dev split
+            rows = pd.concat([cldr.load_split("dev", langs), rows], ignore_index=True)
+        source = f"cldr-emoji/{'+'.join(langs)}/test@{cldr.load_manifest()['version']}"
         key = reference_key(source, encoder_row["fingerprint"],
                             f"v{champion}" if champion else None)
 
@@ -101,6 +109,14 @@ class LiveOperations:
 
     # -- training and evaluation -------------------------------------------------------
     def train(self, task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
+        job_id = params.get("job_id")
+        if job_id is not None:
+            # a crash between registering the adapter and recording the job's success
+            # leaves a registered candidate: the rerun of the job takes it, not a new one
+            for a in self.reg.query(queries.list_adapters, task, language, "registered"):
+                if a["hyperparams"].get("job_id") == job_id:
+                    return {"version": a["version"], "teacher": a["teacher_language"],
+                            "accuracy": a["metrics"].get("accuracy"), "reused": True}
         data_languages = [language]
         if params.get("drift_report_id") is not None or params.get("with_variants"):
             data_languages += dataset_variants(language)
@@ -109,7 +125,7 @@ class LiveOperations:
             epochs=params.get("epochs"), device=params.get("device", self.device),
             seed=int(params.get("seed", 0)), continue_from=params.get("continue_from"),
             data_languages=data_languages, shuffle_pairs=bool(params.get("shuffle_pairs")),
-            drift_report_id=params.get("drift_report_id"))
+            drift_report_id=params.get("drift_report_id"), job_id=job_id)
         self._log_training_run(task, language, result, params)
         return {"version": result["version"], "teacher": result["teacher"],
                 "accuracy": result["metrics"]["accuracy"],
@@ -126,17 +142,26 @@ class LiveOperations:
                          metrics, artifact=self.reg.store.blob_path(adapter["artifact_sha256"]))
 
     def _evaluate_on(self, task: str, adapter_language: str, version: int,
-                     eval_language: str) -> dict[str, Any]:
+                     eval_language: str, also: list[str] | None = None) -> dict[str, Any]:
+        """Evaluate on `eval_language`'s test items, plus those of `also` (counted as
+        `eval_language`: the variants a track serves by fallback)."""
         _, labels = task_spec(task)
         loaded, _ = self.models.adapter(task, adapter_language, version)
         row = self.reg.query(queries.show_adapter, task, adapter_language, version)
         teacher = row["teacher_language"] or "en"
-        df = cldr.load_split("test", [teacher, eval_language])
+        df = cldr.load_split("test", [teacher, eval_language, *(also or [])]).copy()
+        df.loc[df["language"].isin(also or []), "language"] = eval_language
         return evaluate_split(self.models.base(row["base"]), loaded.model, loaded.head, df,
                               eval_language, labels, source_language=teacher)
 
     def evaluate(self, task: str, language: str, version: int) -> dict[str, Any]:
-        return self._evaluate_on(task, language, version, language)
+        """On what the track serves: its language and the variants that fall back to it
+        (hi with hi-Latn), the same items, in the same order, for candidate and champion."""
+        key = (task, language, version)
+        if key not in self._evaluations:
+            self._evaluations[key] = self._evaluate_on(task, language, version, language,
+                                                        dataset_variants(language))
+        return self._evaluations[key]
 
     def fairness(self, task: str, language: str, version: int,
                  policy: Policy) -> dict[str, tuple[float, float]]:
@@ -148,7 +173,9 @@ class LiveOperations:
                                  and language in parent_languages(t.language)]
         out = {}
         for lang in affected:
-            evaluation = self._evaluate_on(task, language, version, lang)
+            evaluation = (self._evaluate_on(task, language, version, language)
+                          if lang == language else
+                          self._evaluate_on(task, language, version, lang))
             out[lang] = (float(evaluation["accuracy"]), policy.fairness_floor_for(task, lang))
         return out
 

@@ -245,8 +245,9 @@ class Reconciler:
                         f"training job {job_id} started", t.revision)
         t = replace(t, revision=t.revision + 1)
         try:
-            result = self.executor.launch(job_id, lambda: self.ops.train(t.task, t.language,
-                                                                         params))
+            # the job id travels with the adapter, so a rerun after a crash reuses it
+            result = self.executor.launch(job_id, lambda: self.ops.train(
+                t.task, t.language, {**params, "job_id": job_id}))
         except Exception as exc:  # training can fail in many ways; the job row says how
             log.exception("training job %s failed", job_id)
             with self._uow() as uow:

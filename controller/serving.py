@@ -44,8 +44,10 @@ class ModelCache:
             row = self.registry.query(queries.show_adapter, task, language, version)
             _, path = self.registry.adapter_weights(task, language, version)
             encoder = self.base(row["base"])
-            loaded = load_adapter(path, encoder.model, encoder.tokenizer)
-            loaded.model.eval()
+            loaded = load_adapter(path, encoder.model, encoder.tokenizer)  # fingerprint check
+            # inference only: fold LoRA into this private copy of the base, so serving runs
+            # plain BERT matmuls instead of base + low-rank products on every linear layer
+            loaded.model = loaded.model.merge_and_unload().eval()
             self._adapters[key] = (loaded, list(loaded.meta["config"]["labels"]))
         return self._adapters[key]
 

@@ -40,7 +40,7 @@ def main() -> None:
 
     ops = LiveOperations(reg, policy)
     try:
-        result = ops.train(params["task"], params["language"], params)
+        result = ops.train(params["task"], params["language"], {**params, "job_id": args.job_id})
     except Exception as exc:  # recorded on the job; the controller retries or alerts
         log.exception("job %s failed", args.job_id)
         reg.update_job(args.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
