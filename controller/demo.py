@@ -140,12 +140,14 @@ def finish(reg: Registry, home: Path, seconds: float) -> None:
         if r["hyperparams"].get("shuffle_pairs"):
             r["data"] += " (shuffled pairs)"
     emit_table(rows, ["language", "version", "status", "teacher_language", "data", "accuracy"])
-    click.echo(f"\ndone in {seconds:.0f} s. Look next:\n"
-               f"  xlt history --task {TASK} --lang hi      the audit log of the hi loop\n"
-               f"  ls {home / 'reports'}             Evidently reports (HTML for drift)\n"
-               f"  xlt mlflow ui                          versions, aliases, runs "
-               f"(http://127.0.0.1:5000)\n"
-               f"  xlt status --json                      for scripts")
+    hints = [(f"xlt history --task {TASK} --lang hi", "the audit log of the hi loop"),
+             (f"ls {home / 'reports' / TASK}", "Evidently reports (HTML for drift)"),
+             ("xlt mlflow ui", "versions, aliases, runs (http://127.0.0.1:5000)"),
+             ("xlt status --json", "for scripts")]
+    width = max(len(cmd) for cmd, _ in hints)
+    click.echo(f"\ndone in {seconds:.0f} s. Look next (XLT_HOME={home}):")
+    for cmd, what in hints:
+        click.echo(f"  {cmd.ljust(width)}  {what}")
 
 
 if __name__ == "__main__":

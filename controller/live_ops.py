@@ -40,8 +40,10 @@ def dataset_variants(language: str) -> list[str]:
 
 class LiveOperations:
     def __init__(self, registry: Registry, policy: Policy, device: str | None = None,
-                 models: ModelCache | None = None, clock: Clock | None = None) -> None:
+                 models: ModelCache | None = None, clock: Clock | None = None,
+                 html: str = "drifted") -> None:
         self.reg = registry
+        self.html = html
         self.clock = clock or SystemClock()
         self.policy = policy
         self.device = device or policy.training.device
@@ -93,7 +95,8 @@ class LiveOperations:
                              start=_dt(now - self.policy.check_interval_s), end=_dt(now),
                              limit=self.policy.drift_window_events)
         result = check_language(reference, events, policy,
-                                reports_dir=self.reg.settings.reports_dir, html="drifted")
+                                reports_dir=self.reg.settings.reports_dir,
+                                html=self.html)  # type: ignore[arg-type]
         row = record_result(self.reg, result)
         self._log_drift_run(result, row.id)
         return DriftOutcome(result.verdict, row.id, result.drifted_signals)
@@ -126,20 +129,20 @@ class LiveOperations:
             seed=int(params.get("seed", 0)), continue_from=params.get("continue_from"),
             data_languages=data_languages, shuffle_pairs=bool(params.get("shuffle_pairs")),
             drift_report_id=params.get("drift_report_id"), job_id=job_id)
-        self._log_training_run(task, language, result, params)
+        log_training_result(self.reg, task, language, result, params)
         return {"version": result["version"], "teacher": result["teacher"],
                 "accuracy": result["metrics"]["accuracy"],
                 "train_seconds": round(result["train_seconds"], 2)}
 
-    def _log_training_run(self, task: str, language: str, result: dict[str, Any],
-                          params: dict[str, Any]) -> None:
+    def log_gates(self, task: str, language: str, version: int,
+                  evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> None:
+        """An evaluation run in MLflow with the gate report (a failure here only warns)."""
         from controller.mlflow_mirror.runs import log_training_run
 
-        adapter = self.reg.query(queries.show_adapter, task, language, result["version"])
-        metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)}
-        log_training_run(self.reg, adapter, {k: v for k, v in params.items()
-                                             if isinstance(v, int | float | str)},
-                         metrics, artifact=self.reg.store.blob_path(adapter["artifact_sha256"]))
+        adapter = self.reg.query(queries.show_adapter, task, language, version)
+        metrics = {k: v for k, v in evaluation.items() if isinstance(v, int | float)}
+        log_training_run(self.reg, adapter, {"split": "test+variants", "kind": "evaluation"},
+                         metrics, gate_report=gates, run_name=f"gates v{version}")
 
     def _evaluate_on(self, task: str, adapter_language: str, version: int,
                      eval_language: str, also: list[str] | None = None) -> dict[str, Any]:
@@ -185,3 +188,16 @@ class LiveOperations:
         frame = read_window(self.reg, task, language, start=_dt(since), end=_dt(until))
         cols = ["adapter_version", "prediction", "confidence", "feedback_label"]
         return frame[cols].to_dict(orient="records") if len(frame) else []
+
+
+def log_training_result(registry: Registry, task: str, language: str,
+                        result: dict[str, Any], params: dict[str, Any]) -> None:
+    """The MLflow run of a training (params, metrics, a link to the artifact); shared by
+    the controller's jobs and `xlt train`. MLflow being down only warns."""
+    from controller.mlflow_mirror.runs import log_training_run
+
+    adapter = registry.query(queries.show_adapter, task, language, result["version"])
+    metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+    log_training_run(registry, adapter, {k: v for k, v in params.items()
+                                         if isinstance(v, int | float | str)},
+                     metrics, artifact=registry.store.blob_path(adapter["artifact_sha256"]))

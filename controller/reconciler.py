@@ -290,6 +290,9 @@ class Reconciler:
         gates = evaluate_gates(candidate, champion, self.policy.gates, fairness)
         report = [g.to_dict() for g in gates]
         failed = [g.name for g in gates if not g.passed]
+        log_gates = getattr(self.ops, "log_gates", None)
+        if log_gates is not None:  # the MLflow evaluation run; never blocks the step
+            log_gates(t.task, t.language, version, candidate, report)
         with self._guarded(t) as uow:
             records.record_gate_result(uow, t.task, t.language, version, report)
             if failed:

@@ -33,6 +33,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     assert out["version"] == 1 and out["teacher"] == "en" and 0 <= out["accuracy"] <= 1
     assert xlt(home, "promote", "--task", "emoji-group", "--lang", "sw",
                "--version", "1").returncode == 0
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])]
+    assert any(r.data.metrics.get("accuracy") == pytest.approx(out["accuracy"])
+               for r in runs), "xlt train logged no MLflow run with its accuracy"
     return home
 
 

@@ -62,10 +62,12 @@ def drift() -> None:
               help="Only these languages (repeatable).")
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False),
               help="Policy file with drift thresholds (defaults otherwise).")
+@click.option("--html", type=click.Choice(["drifted", "always", "never"]), default="drifted",
+              show_default=True, help="Which languages get an Evidently HTML report.")
 @json_option
 @pass_app
 def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
-                policy_path: str | None, as_json: bool) -> None:
+                policy_path: str | None, html: str, as_json: bool) -> None:
     """Check each track's recent traffic against its reference; store the reports."""
     from controller.live_ops import LiveOperations
 
@@ -76,7 +78,7 @@ def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
     if not tracks:
         fail("no tracks with a champion to check"
              + (f" among {', '.join(languages)}" if languages else ""), 2)
-    ops = LiveOperations(reg, policy)
+    ops = LiveOperations(reg, policy, html=html)
     rows = []
     for t in tracks:
         outcome = ops.check_drift(t["task"], t["language"],

@@ -32,13 +32,16 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
           device: str, seed: int, base: str | None, continue_from: int | None,
           with_variants: bool, as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
-    from controller.live_ops import dataset_variants
+    from controller.live_ops import dataset_variants, log_training_result
     from controller.training.pipeline import train_adapter
 
     langs = [language] + (dataset_variants(language) if with_variants else [])
     result = train_adapter(app.registry(), task, language, teacher=teacher, epochs=epochs,
                            device=device, seed=seed, continue_from=continue_from, base=base,
                            data_languages=langs, progress=not as_json)
+    log_training_result(app.registry(), task, language, result,
+                        {"epochs": epochs or 0, "device": device, "seed": seed,
+                         "teacher": result["teacher"], "data_languages": "+".join(langs)})
     summary = {"task": task, "language": language, "version": result["version"],
                "teacher": result["teacher"], "train_seconds": round(result["train_seconds"], 1),
                **{k: result["metrics"][k] for k in ("accuracy", "macro_f1", "ece",
