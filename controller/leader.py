@@ -31,7 +31,9 @@ class LeaderLock:
         if self.db.is_sqlite:
             if self._file is None:
                 self.home.mkdir(parents=True, exist_ok=True)
-                self._file = FileLock(str(self.home / "controller.lock"))
+                # one lock for the whole process: the tick and the outbox drain run on
+                # different scheduler threads and are the same replica
+                self._file = FileLock(str(self.home / "controller.lock"), thread_local=False)
             try:
                 self._file.acquire(timeout=0)
                 return True

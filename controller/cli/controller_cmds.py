@@ -35,6 +35,7 @@ def controller_run(app: AppContext, policy_path: str | None, once: bool) -> None
     policy = load_policy(policy_path)
     reg = app.registry()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per run is noise
     ctl = Controller(reg, policy, LiveOperations(reg, policy), policy_path=policy_path,
                      drain=drain, report=click.echo)
     if once:
