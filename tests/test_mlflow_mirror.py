@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -108,13 +110,14 @@ def test_drain_mirrors_versions_tags_and_aliases(world, mlflow_uri: str) -> None
     assert aliases(client, NAME) == {"champion": mapping["2"], "previous": mapping["1"]}
     v2 = client.get_model_version(NAME, mapping["2"])
     adapter = reg.query(queries.show_adapter, TASK, "sw", 2)
-    assert v2.tags["status"] == "champion" and v2.tags["fingerprint"] == world.fingerprint
-    assert v2.tags["base"] == "tiny@1" and v2.tags["teacher"] == "en"
-    assert float(v2.tags["metric.accuracy"]) == pytest.approx(adapter["metrics"]["accuracy"])
-    # the source is the content-addressed blob itself
-    blob = reg.store.blob_path(adapter["artifact_sha256"])
-    assert v2.source == blob.resolve().as_uri() and blob.is_file()
-    assert world.fingerprint[:12] in v2.description and "tiny@1" in v2.description
+    assert v2.tags["status"] == "champion" and v2.tags["base"] == "tiny@1"
+    assert v2.tags["teacher"] == "en" and len(v2.tags) <= 6  # few tags, details below
+    assert f"accuracy={adapter['metrics']['accuracy']:.4g}" in v2.description
+    # the source is the MLflow model logged in the version's training run
+    assert v2.source.startswith("models:/m-") and v2.run_id
+    assert client.get_run(v2.run_id).data.tags["xlt.kind"] == "training"
+    assert world.fingerprint in v2.description and "tiny@1" in v2.description
+    assert adapter["artifact_sha256"] in v2.description
     statuses = {k: client.get_model_version(NAME, v).tags["status"] for k, v in mapping.items()}
     assert statuses == {"1": "retired", "2": "champion", "3": "rejected"}
     model = client.get_registered_model(NAME)
@@ -122,7 +125,7 @@ def test_drain_mirrors_versions_tags_and_aliases(world, mlflow_uri: str) -> None
     # one registered model per base encoder too
     enc = client.search_model_versions("name='xlt.encoder.tiny'")
     assert [mv.tags["xlt_version"] for mv in enc] == ["1"]
-    assert enc[0].tags["fingerprint"] == world.fingerprint
+    assert enc[0].tags["fingerprint"] == world.fingerprint and enc[0].run_id
 
 
 def test_replaying_delivered_rows_is_harmless(sqlite_world, mlflow_uri: str) -> None:
@@ -259,7 +262,7 @@ def test_cli_sync_json_and_text(sqlite_world, mlflow_uri, sqlite_url) -> None:
     res = runner.invoke(cli, ["--home", home, "--db", sqlite_url, "mlflow", "sync", "--json"],
                         env=env)
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["drain"]["failed"] == 0 and out["reconcile"]["clean"] is True
     client_for(mlflow_uri).delete_registered_model_alias(NAME, "champion")
     res = runner.invoke(cli, ["--home", home, "--db", sqlite_url, "mlflow", "sync"], env=env)
@@ -296,27 +299,38 @@ def test_run_loggers(sqlite_world, mlflow_uri, tmp_path) -> None:
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5, 0.25]
     assert run.data.tags["xlt_version"] == "1" and run.data.tags["status"] == "registered"
     assert run.data.tags["gate.accuracy.passed"] == "true"
+    assert run.data.tags["xlt.kind"] == "evaluation"  # a gates run is not the training run
     assert run.info.status == "FINISHED"
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == f"xlt/{TASK}/sw"
     root = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
     assert exp.artifact_location.startswith(root.as_uri())  # never ./mlruns in the cwd
     assert [f.path for f in client.list_artifacts(run_id)] == ["gate_report.json"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the training run logged afterwards is the one the version links (made by the mirror)
     mv = client.get_model_version(NAME, versions_by_tag(client, NAME)["1"])
-    assert mv.tags["training_run_id"] == run_id
+    train_id = log_training_run(mlflow_uri, adapter, {"epochs": 2}, {"accuracy": 0.61})
+    assert train_id == mv.run_id != run_id
+    assert client.get_run(train_id).data.params["epochs"] == "2"
 
     report_json = tmp_path / "drift.json"
     report_json.write_text(json.dumps({"verdict": "drift"}))
     report_html = tmp_path / "drift.html"
     report_html.write_text("<html>drift</html>")
+    from controller.drift.projection import draw_projection
+
+    rng = np.random.default_rng(0)
+    picture = draw_projection(tmp_path / "drift.png", "sw", rng.normal(size=(50, 8)),
+                              rng.normal(1, 1, size=(40, 8)), ["latin"] * 50,
+                              ["latin"] * 20 + ["cyrillic"] * 20, None, None)
     drift_id = log_drift_run(TASK, "sw", report_json, report_html,
                              {"embedding": {"score": 0.4, "drifted": True}, "share": 0.1},
-                             verdict="drift", target=mlflow_uri)
+                             verdict="drift", target=mlflow_uri, pictures=[picture])
     assert drift_id
     drun = client.get_run(drift_id)
     assert drun.data.metrics == {"embedding.score": 0.4, "embedding.drifted": 1.0, "share": 0.1}
     assert sorted(f.path for f in client.list_artifacts(drift_id, "drift")) == [
-        "drift/drift.html", "drift/drift.json"]
+        "drift/drift.html", "drift/drift.json", "drift/drift.png"]
 
 
 def test_run_loggers_tolerate_mlflow_down(sqlite_world, caplog) -> None:
@@ -348,11 +362,35 @@ def test_gates_canary_analysis_and_drift_annotate_versions(sqlite_world, mlflow_
     assert drain(reg, Mirror.open(reg, mlflow_uri)).failed == 0
     client = client_for(mlflow_uri)
     mapping = versions_by_tag(client, NAME)
-    tags = client.get_model_version(NAME, mapping["2"]).tags
-    assert tags["status"] == "canary" and tags["gate.passed"] == "true"
-    assert json.loads(tags["gate.forgetting _en_"])["threshold"] == 0.02
-    assert (tags["canary.step"], tags["canary.verdict"]) == ("1", "pass")
+    v2 = client.get_model_version(NAME, mapping["2"])
+    tags = v2.tags
+    assert tags["status"] == "canary" and tags["gates"] == "passed"
+    assert "| forgetting (en) | 0.01 | 0.02 | pass |" in v2.description
+    assert tags["canary"] == "step 1 at 10%: pass" and "| 1 | 10 | pass |" in v2.description
     model = client.get_registered_model(NAME)
     assert aliases(client, NAME) == {"champion": mapping["1"], "canary": mapping["2"]}
     assert model.tags["drift.verdict"] == "drift" and model.tags["canary_weight"] == "10"
     assert json.loads(model.tags["job.train"])["status"] == "running"
+
+
+def test_global_uri_leaves_no_tracking_uri_for_subprocesses(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; after the mirror's temporary
+    switch, a later `xlt` subprocess must still log to its own XLT_HOME store, not to the
+    working directory's ./mlflow.db (the leak once made `xlt train` log to the wrong store)."""
+    import mlflow
+
+    from controller.mlflow_mirror.connection import global_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    with global_uri(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("a.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    with global_uri(f"sqlite:///{tmp_path / 'b.db'}"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"

@@ -40,6 +40,37 @@ def fast_fail() -> Iterator[None]:
                 os.environ[key] = old
 
 
+@contextmanager
+def global_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide URIs at one store for a call, then put them back: some
+    MLflow 3 paths (the fluent log_model; resolving a `models:/m-...` source when creating a
+    model version) read the global URI, whatever the client was opened on.
+
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI for subprocesses, and
+    get_tracking_uri answers the default (./mlflow.db) when none was set; restoring with those
+    would leave every later `xlt` subprocess logging to the working directory's store. So the
+    raw settings and the environment are saved and put back exactly."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    old_tracking = getattr(tracking_utils, "_tracking_uri", None)
+    old_registry = getattr(registry_utils, "_registry_uri", None)
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_tracking)
+        registry_utils._registry_uri = old_registry  # set_registry_uri(None) keeps the env
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def open_client(tracking_uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
