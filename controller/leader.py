@@ -1,65 +1,256 @@
 """Leader election among controller replicas: only the holder of the lock acts.
 
-PostgreSQL: a session-level advisory lock held on a dedicated connection (released by the
-server if the process dies). SQLite: an exclusive file lock next to the database file.
+PostgreSQL: a session-level advisory lock held on one dedicated connection (the server
+releases it when that session ends: process death, pg_terminate_backend, a restart).
+SQLite: an exclusive file lock next to the database file.
+
+One owner per lock connection: a LeaderLock is the only user of its connection, and every
+call (the tick thread, the outbox drain thread, the heartbeat) goes through one mutex, so
+no thread can replace the connection another thread just took the lock on. The connection
+comes from its own engine without a pool: a dead one is closed, never handed back.
+
+A leader that lost its lock must stop acting before another replica starts: `ensure()`
+is checked before each step, and `fence(session)` inside each registry transaction checks
+that the backend holding our lock still holds it. (If the lock goes between that check and
+the commit, the other replica's SELECT ... FOR UPDATE of the track waits for our commit and
+then sees a new revision, so its step is refused as stale: the revision is the last fence.)
+
+Outages are reported once: one line when the lock or the database is lost, one when the
+lock is held again, with how long it took; nothing per failed attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from registry.db import Database
+from registry.uow import UnitOfWork
 
 LOCK_NAME = "xlt-controller"
+CONNECT_TIMEOUT_S = 3  # a down server must not stall the heartbeat for long
+log = logging.getLogger("xlt.controller")
+
+_HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
+         "AND pid = {pid} AND granted")
+
+
+class LostLeadership(Exception):  # noqa: N818 (a signal to stop, not a user error)
+    """This replica does not hold the leader lock (any more): it must not act."""
 
 
 class LeaderLock:
-    def __init__(self, db: Database, home: Path) -> None:
+    def __init__(self, db: Database, home: Path,
+                 report: Callable[[str], None] | None = None) -> None:
         self.db = db
         self.home = home
-        self._conn: Any = None
-        self._file: FileLock | None = None
         self.key = zlib.crc32(LOCK_NAME.encode())
+        self.report = report or log.warning
+        self._mutex = threading.RLock()
+        self._engine: Any = None
+        self._conn: Any = None
+        self._pid: int | None = None  # server pid of the session holding our lock
+        self._file: FileLock | None = None
+        self.leading = False
+        self._down_since: float | None = None  # outage or lost lock, for the "back" line
+        self._standby_said = False
+        self.changes = 0  # times leadership was gained; a caller can notice a new term
 
+    # -- asking --------------------------------------------------------------------------
     def acquire(self) -> bool:
-        """Non-blocking; True when this process is (or stays) the leader."""
-        if self.db.is_sqlite:
-            if self._file is None:
-                self.home.mkdir(parents=True, exist_ok=True)
-                # one lock for the whole process: the tick and the outbox drain run on
-                # different scheduler threads and are the same replica
-                self._file = FileLock(str(self.home / "controller.lock"), thread_local=False)
-            try:
-                self._file.acquire(timeout=0)
+        """Non-blocking; True when this process is (or stays) the leader. Reconnects and
+        re-takes the lock when its connection died."""
+        with self._mutex:
+            if self.db.is_sqlite:
+                return self._acquire_file()
+            if self.leading and self._still_held():
+                self._back("still leading")  # a job's database error passed
                 return True
-            except Timeout:
-                return False
-        if self._conn is not None:
+            return self._take()
+
+    def ensure(self) -> None:
+        """Raise LostLeadership unless this replica holds the lock right now."""
+        if not self.acquire() or not self.leading:
+            raise LostLeadership("this controller replica does not hold the leader lock")
+
+    def fence(self, session: Session) -> None:
+        """Inside a registry transaction: refuse to go on unless our lock is still held."""
+        with self._mutex:
+            if self.db.is_sqlite:
+                held = self._file is not None and self._file.is_locked
+            else:
+                pid = self._pid
+                held = self.leading and pid is not None and bool(session.execute(
+                    text(_HELD.format(pid=int(pid))), {"k": self.key}).scalar())
+            if not held:
+                self._lose("the leader lock is no longer held")
+                raise LostLeadership("the leader lock was lost; this replica stops acting")
+
+    def note_database_error(self, exc: BaseException) -> None:
+        """A job failed on the database: report the outage once (not per job), and make
+        the next acquire() verify the lock connection."""
+        with self._mutex:
+            self._outage(exc)
+
+    # -- PostgreSQL ----------------------------------------------------------------------
+    def _lock_engine(self) -> Any:
+        if self._engine is None:
+            self._engine = create_engine(
+                self.db.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        return self._engine
+
+    def _still_held(self) -> bool:
+        try:
+            held = self._conn.execute(text(_HELD.format(pid="pg_backend_pid()")),
+                                      {"k": self.key}).scalar()
+        except Exception as exc:  # the session died, and the server released our lock
+            self._lose(f"lost the leader lock: its database connection failed "
+                       f"({_reason(exc)})")
+            return False
+        if not held:
+            self._lose("lost the leader lock: the server no longer shows it held")
+            return False
+        return True
+
+    def _take(self) -> bool:
+        # a standby's kept connection may have been terminated while the server is up:
+        # then one fresh connection answers, and no outage is reported
+        for fresh in ((False, True) if self._conn is not None else (True,)):
             try:
-                held = self._conn.execute(text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND objid = :k AND pid = pg_backend_pid() AND granted"),
-                    {"k": self.key}).scalar()
-                if held:
-                    return True
-            except Exception:  # the connection died: the server released the lock
-                self._conn = None
-        if self._conn is None:
-            self._conn = self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        got = self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
-        return bool(got)
+                if fresh:
+                    self._conn = self._lock_engine().connect()
+                got = bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                              {"k": self.key}).scalar())
+                pid = int(self._conn.execute(text("SELECT pg_backend_pid()")).scalar())
+                break
+            except Exception as exc:
+                self._close()
+                if fresh:
+                    self._outage(exc)
+                    return False
+        if not got:
+            if not self._standby_said:
+                self.report("standby: another controller replica holds the leader lock")
+                self._standby_said = True
+            self._back("standing by")
+            return False
+        self._pid, self.leading, self._standby_said = pid, True, False
+        self.changes += 1
+        after = "" if self._down_since is None else (
+            f" again, {time.monotonic() - self._down_since:.1f} s after losing the lock")
+        self._down_since = None
+        self.report(f"leader: leading{after} (lock session pid {pid})")
+        return True
+
+    def _lose(self, why: str) -> None:
+        was = self.leading
+        self.leading, self._pid = False, None
+        self._close()
+        if was and self._down_since is None:  # an outage already reported says it all
+            self.report(f"leader: {why}; acting stopped, re-taking it when the database "
+                        "answers")
+            self._down_since = time.monotonic()
+
+    def _outage(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self.report(f"leader: database unavailable ({_reason(exc)}); nothing acts "
+                        "until it answers again")
+            self._down_since = time.monotonic()
+        if self.leading and self._conn is not None and not self.db.is_sqlite:
+            self._still_held()  # drops leadership now if the lock went with the database
+
+    def _back(self, what: str) -> None:
+        if self._down_since is not None:
+            self.report(f"leader: database answering again after "
+                        f"{time.monotonic() - self._down_since:.1f} s; {what}")
+            self._down_since = None
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # never reuse a connection whose session may be gone; closing a dead socket
+            # may fail, and there is nothing more to do then
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+
+    # -- SQLite --------------------------------------------------------------------------
+    def _acquire_file(self) -> bool:
+        if self._file is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            # one lock for the whole process: the tick and the outbox drain run on
+            # different scheduler threads and are the same replica
+            self._file = FileLock(str(self.home / "controller.lock"), thread_local=False)
+        if self._file.is_locked:
+            self.leading = True
+            return True
+        try:
+            self._file.acquire(timeout=0)
+        except Timeout:
+            return False
+        self.leading = True
+        self.changes += 1
+        return True
 
     def release(self) -> None:
-        if self._file is not None and self._file.is_locked:
-            self._file.release(force=True)
-        if self._conn is not None:
-            try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-            finally:
-                self._conn.close()
-                self._conn = None
+        with self._mutex:
+            self.leading = False
+            if self._file is not None and self._file.is_locked:
+                self._file.release(force=True)
+            if self._conn is not None:
+                # a dead session released it already
+                with contextlib.suppress(Exception):
+                    self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
+                self._close()
+            self._pid = None
+
+
+class FencedUnitOfWork(UnitOfWork):
+    """A registry transaction that first checks the leader lock (see LeaderLock.fence)."""
+
+    def __init__(self, db: Database, actor: str, fence: Callable[[Session], None]) -> None:
+        super().__init__(db, actor)
+        self._fence = fence
+
+    def __enter__(self) -> FencedUnitOfWork:
+        super().__enter__()
+        try:
+            self._fence(self.session)
+        except BaseException:
+            self.session.rollback()
+            self.session.close()
+            raise
+        return self
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """The database went away (connection refused/reset, server shutting down, session
+    terminated), as opposed to a bug: reported once per outage, without a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from registry.errors import DatabaseNotReady
+
+    if isinstance(exc, DatabaseNotReady | LostLeadership):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or type(exc.orig).__name__ in (
+            "OperationalError", "InterfaceError", "AdminShutdown", "CannotConnectNow")
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return (lines[0] if lines else type(orig).__name__)[:200]

@@ -1,60 +1,131 @@
-"""The controller process: APScheduler runs the reconcile tick and the outbox drain on
-intervals; only the replica holding the leader lock acts. SIGTERM (or SIGINT) stops it
-cleanly: no new ticks start, and the tick in flight finishes its current transaction."""
+"""The controller process: APScheduler runs the reconcile tick, the outbox drain and a
+leadership heartbeat on intervals; only the replica holding the leader lock acts. SIGTERM
+(or SIGINT) stops it cleanly: no new ticks start, and the tick in flight finishes its
+current transaction.
+
+Leadership (controller.leader): the three jobs share one LeaderLock, which alone owns its
+connection. The heartbeat re-takes a lost lock within about a second of the database
+answering again and then starts a tick at once; every step and every transaction of the
+tick is fenced by the lock, so a replica that lost it stops before another one acts. A
+database outage is one line in the log, not a traceback per job."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from controller.clock import Clock, SystemClock
 from controller.executors import make_executor
-from controller.leader import LeaderLock
+from controller.leader import FencedUnitOfWork, LeaderLock, LostLeadership, is_database_error
 from controller.operations import Operations
-from controller.policy import Policy
-from controller.reconciler import Reconciler
+from controller.policy import Policy, TrackPolicy
+from controller.reconciler import Reconciler, TrackState
 from registry.service import Registry
 
 log = logging.getLogger("xlt.controller")
+HEARTBEAT_S = 1.0  # how soon a lost lock is re-taken once the database answers
+
+
+class FencedReconciler(Reconciler):
+    """The reconciler, acting only while `leader` holds the lock: checked before each
+    track's step and inside each of its transactions."""
+
+    def __init__(self, *args: Any, leader: LeaderLock, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.leader = leader
+
+    def step(self, t: TrackState, tp: TrackPolicy) -> str:
+        self.leader.ensure()
+        return super().step(t, tp)
+
+    def _uow(self) -> Any:
+        self.reg.actor = self.actor
+        return FencedUnitOfWork(self.reg.db, self.actor, self.leader.fence)
 
 
 class Controller:
     def __init__(self, registry: Registry, policy: Policy, ops: Operations,
                  policy_path: str | None = None, clock: Clock | None = None,
                  drain: Callable[[Registry], Any] | None = None,
-                 report: Callable[[str], None] = log.info) -> None:
+                 report: Callable[[str], None] = log.info, actor: str = "controller") -> None:
         self.registry = registry
         self.policy = policy
-        self.leader = LeaderLock(registry.db, registry.settings.home)
-        self.reconciler = Reconciler(registry, policy, ops, clock or SystemClock(),
-                                     executor=make_executor(policy.executor, registry,
-                                                            policy_path))
-        self.drain_outbox = drain
         self.report = report
+        self.leader = LeaderLock(registry.db, registry.settings.home, report=report)
+        self.reconciler = FencedReconciler(
+            registry, policy, ops, clock or SystemClock(), actor=actor,
+            executor=make_executor(policy.executor, registry, policy_path), leader=self.leader)
+        self.drain_outbox = drain
         self._stop = threading.Event()
+        self._scheduler: BackgroundScheduler | None = None
+        self._term = 0  # leadership term seen by the heartbeat
+        # observability (controller.observability, controller.alerts): every alert event
+        # written through this registry gets a delivery row per policy webhook
+        registry.alert_receivers = policy.alerts.receivers
+        self.metrics: Any = None  # a ControllerMetrics, set by serve_metrics()
 
     def tick(self) -> list[str]:
         if not self.leader.acquire():
-            self.report("standby: another controller replica holds the leader lock")
-            return []
-        lines = self.reconciler.tick()
+            self._observe(None, leader=False)
+            return []  # the lock says why, once (standby, or the database is down)
+        started = time.perf_counter()
+        try:
+            lines = self.reconciler.tick()
+        except LostLeadership:
+            self._observe(None, leader=False)
+            return []  # the lock reported it; the heartbeat re-takes it
         for line in lines:
             self.report(line)
+        self._observe(time.perf_counter() - started, leader=True)
         return lines
+
+    # -- observability hook: metrics after each tick, alert delivery on its own interval --
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> Any:
+        from controller.observability.server import start_metrics_server
+
+        server = start_metrics_server(self.registry, port, host)
+        self.metrics = server.metrics
+        self.report(f"metrics on http://{host}:{server.port}/metrics")
+        return server
+
+    def _observe(self, seconds: float | None, leader: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.after_tick(seconds, leader)
+
+    def dispatch_alerts(self) -> Any:
+        from controller.alerts.dispatcher import dispatch
+        from controller.reconciler import worker_id
+
+        if not self.leader.acquire():
+            return None
+        return dispatch(self.registry, self.policy.alerts, worker_id())
 
     def drain(self) -> None:
         if self.drain_outbox is not None and self.leader.acquire():
             self.drain_outbox(self.registry)
 
+    def heartbeat(self) -> None:
+        """Keep (or re-take) the lock; on a new term, run the tick and drain now."""
+        if self.leader.acquire() and self.leader.changes != self._term:
+            first = self._term == 0
+            self._term = self.leader.changes
+            if not first and self._scheduler is not None:
+                for job in ("reconcile", "outbox"):
+                    if self._scheduler.get_job(job) is not None:
+                        self._scheduler.modify_job(job, next_run_time=datetime.now())
+
     def run_once(self) -> list[str]:
         try:
             lines = self.tick()
             self.drain()
+            self.dispatch_alerts()
             return lines
         finally:
             self.leader.release()
@@ -63,15 +134,22 @@ class Controller:
         self._stop.set()
 
     def run_forever(self) -> None:
-        scheduler = BackgroundScheduler()
+        scheduler = self._scheduler = BackgroundScheduler()
         # max_instances=1 + coalesce: a slow tick is never run twice at once or caught up
+        scheduler.add_job(self._safe(self.heartbeat), "interval",
+                          seconds=min(HEARTBEAT_S, self.policy.tick_interval_s),
+                          max_instances=1, coalesce=True, id="leader",
+                          next_run_time=datetime.now())
         scheduler.add_job(self._safe(self.tick), "interval",
                           seconds=self.policy.tick_interval_s, max_instances=1, coalesce=True,
-                          id="reconcile", next_run_time=_now())
+                          id="reconcile", next_run_time=datetime.now())
         if self.drain_outbox is not None:
             scheduler.add_job(self._safe(self.drain), "interval",
                               seconds=self.policy.outbox_interval_s, max_instances=1,
                               coalesce=True, id="outbox")
+        scheduler.add_job(self._safe(self.dispatch_alerts), "interval",
+                          seconds=self.policy.alerts.interval_s, max_instances=1,
+                          coalesce=True, id="alerts", next_run_time=datetime.now())
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         scheduler.start()
@@ -88,12 +166,9 @@ class Controller:
         def run() -> None:
             try:
                 fn()
-            except Exception:  # one bad tick must not kill the scheduler; the log says why
-                log.exception("controller job %s failed", getattr(fn, "__name__", fn))
+            except Exception as exc:  # one bad tick must not kill the scheduler
+                if is_database_error(exc):
+                    self.leader.note_database_error(exc)  # one line per outage
+                else:
+                    log.exception("controller job %s failed", getattr(fn, "__name__", fn))
         return run
-
-
-def _now() -> Any:
-    from datetime import datetime
-
-    return datetime.now()

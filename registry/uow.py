@@ -21,9 +21,11 @@ from registry.schema import Event, Track
 
 
 class UnitOfWork:
-    def __init__(self, db: Database, actor: str) -> None:
+    def __init__(self, db: Database, actor: str, alert_receivers: tuple[str, ...] = ()) -> None:
         self.db = db
         self.actor = actor
+        # webhook receivers (names) that every `alert` event written here is delivered to
+        self.alert_receivers = alert_receivers
         self.session: Session
         self.events: list[Event] = []
 
@@ -66,6 +68,10 @@ class UnitOfWork:
                           adapter_id=adapter_id, task=task, language=language, before=before,
                           after=after, reason=reason, payload=payload)
         self.events.append(ev)
+        if action == "alert" and self.alert_receivers:
+            from registry.commands import alerts
+
+            alerts.enqueue(self.session, ev.id, self.alert_receivers)
         return ev
 
 

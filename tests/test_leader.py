@@ -7,6 +7,8 @@ import multiprocessing as mp
 import threading
 from pathlib import Path
 
+import pytest
+
 from controller.leader import LeaderLock
 from registry.db import Database
 
@@ -35,3 +37,59 @@ def test_one_leader_per_database(db_url: str, tmp_path: Path) -> None:
     assert _try_in_child(db_url, tmp_path) is False
     lock.release()
     assert _try_in_child(db_url, tmp_path) is True
+
+
+def _advisory_holders(url: str, key: int) -> list[int]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
+                "AND granted"), {"k": key})]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_threads_share_one_lock_connection_through_a_reconnect(pg_url: str,
+                                                               tmp_path: Path) -> None:
+    """The bug this guards against: the tick and drain threads both reconnected after a
+    dropped connection, one took the lock, the other replaced the connection, and the
+    lock-holding session was orphaned, so the process stood by forever."""
+    from sqlalchemy import create_engine, text
+
+    lines: list[str] = []
+    lock = LeaderLock(Database(pg_url), tmp_path, report=lines.append)
+    assert lock.acquire()
+    first = _advisory_holders(pg_url, lock.key)
+    assert len(first) == 1
+    for _ in range(5):
+        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks "
+                              "WHERE locktype = 'advisory' AND objid = :k"), {"k": lock.key})
+        admin.dispose()
+        barrier = threading.Barrier(8)
+        results: list[bool] = []
+
+        def ask(barrier: threading.Barrier = barrier, results: list[bool] = results) -> None:
+            barrier.wait(10)
+            results.append(lock.acquire())
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert results == [True] * 8  # every thread sees this process lead again
+        holders = _advisory_holders(pg_url, lock.key)
+        assert len(holders) == 1 and holders != first  # one session holds it: a new one
+        first = holders
+    # no other process can take it meanwhile, and once released, another can
+    assert _try_in_child(pg_url, tmp_path) is False
+    lock.release()
+    assert _try_in_child(pg_url, tmp_path) is True
+    assert sum("lost the leader lock" in ln for ln in lines) == 5, lines
+    assert not any("database unavailable" in ln for ln in lines), lines

@@ -2,14 +2,23 @@
 
 At-least-once: a row is marked delivered only after its MLflow calls succeeded; a failure
 marks it failed with exponential backoff (registry.outbox_failed), and every later row of the
-same key waits, both in the registry's `outbox_pending` and inside this drain's batch. When
-MLflow itself is unreachable the drain stops at once: every other call would fail the same way.
+same key waits, both in the registry's claim and inside this drain's batch. When MLflow
+itself is unreachable the drain stops at once: every other call would fail the same way.
+
+Drains may run concurrently (the controller's beside `xlt mlflow sync`): each takes its rows
+with `registry.outbox_claim` (a lease; FOR UPDATE SKIP LOCKED on PostgreSQL), which hands a
+row to one drain only and a key's rows in order, and gives back what it did not finish.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,10 +58,11 @@ def drain(registry: Registry, mirror: Mirror | None = None, *, batch_size: int =
     started = time.monotonic()
     failed_keys: set[str] = set()  # keys held back for the rest of this drain
     handled = 0
-    with fast_fail():
+    consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    with fast_fail(), _released(registry, consumer):
         while max_rows is None or handled < max_rows:
-            rows = registry.outbox_pending(batch_size)
-            rows = [r for r in rows if r.ordering_key not in failed_keys]
+            limit = batch_size if max_rows is None else min(batch_size, max_rows - handled)
+            rows = registry.outbox_claim(consumer, limit)
             if not rows:
                 break
             for row in rows:
@@ -81,6 +91,19 @@ def drain(registry: Registry, mirror: Mirror | None = None, *, batch_size: int =
     report.backlog = registry.outbox_backlog()
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+@contextmanager
+def _released(registry: Registry, consumer: str) -> Iterator[None]:
+    """Rows this drain claimed and did not finish go back at once (not after the lease)."""
+    try:
+        yield
+    finally:
+        try:
+            registry.outbox_release(consumer)
+        except Exception as exc:  # the database is gone: the lease expires by itself
+            log.warning("mlflow mirror: could not give back claimed outbox rows (%s); "
+                        "they are retried when the lease ends", exc)
 
 
 def _failed(registry: Registry, report: DrainReport, row: Any, exc: Exception,
