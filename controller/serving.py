@@ -2,7 +2,9 @@
 the served adapter, and log an inference event per request for drift and canary analysis.
 
 Models are loaded from verified artifacts and checked against the base fingerprint (the
-contract's check at load); each (language, version) is loaded once per process.
+contract's check at load); each (language, version, base) is loaded once per process. Every
+request runs on the base the router names for its adapter (the adapter's own): during a base
+upgrade the champion serves on the old base and the canary on the new one, in one call.
 """
 
 from __future__ import annotations
@@ -25,25 +27,35 @@ from registry.service import Registry
 
 
 class ModelCache:
-    """Bases by ref and adapters by (task, language, version), loaded once."""
+    """Bases by ref and adapters by (task, language, version, base), loaded once."""
 
     def __init__(self, registry: Registry, device: str = "cpu") -> None:
         self.registry = registry
         self.device = device
         self._bases: dict[str, TextEncoder] = {}
-        self._adapters: dict[tuple[str, str, int], tuple[LoadedAdapter, list[str]]] = {}
+        self._adapters: dict[tuple[str, str, int, str], tuple[LoadedAdapter, list[str]]] = {}
+        self._rows: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     def base(self, ref: str) -> TextEncoder:
         if ref not in self._bases:
             self._bases[ref] = load_base(self.registry, ref, self.device)[1]
         return self._bases[ref]
 
-    def adapter(self, task: str, language: str, version: int) -> tuple[LoadedAdapter, list[str]]:
+    def _row(self, task: str, language: str, version: int) -> dict[str, Any]:
         key = (task, language, version)
+        if key not in self._rows:  # adapter versions are immutable: cache their rows
+            self._rows[key] = self.registry.query(queries.show_adapter, task, language, version)
+        return self._rows[key]
+
+    def adapter(self, task: str, language: str, version: int, base: str | None = None
+                ) -> tuple[LoadedAdapter, list[str]]:
+        """The adapter loaded on `base` (default: the base it was trained on); a base whose
+        fingerprint differs from the adapter's is refused (IncompatibleAdapter)."""
+        base = base or self._row(task, language, version)["base"]
+        key = (task, language, version, base)
         if key not in self._adapters:
-            row = self.registry.query(queries.show_adapter, task, language, version)
             _, path = self.registry.adapter_weights(task, language, version)
-            encoder = self.base(row["base"])
+            encoder = self.base(base)
             loaded = load_adapter(path, encoder.model, encoder.tokenizer)  # fingerprint check
             # inference only: fold LoRA into this private copy of the base, so serving runs
             # plain BERT matmuls instead of base + low-rank products on every linear layer
@@ -51,12 +63,13 @@ class ModelCache:
             self._adapters[key] = (loaded, list(loaded.meta["config"]["labels"]))
         return self._adapters[key]
 
-    def predict(self, task: str, language: str, version: int, texts: Sequence[str]
-                ) -> tuple[list[str], np.ndarray]:
-        """Labels and confidences of adapter `version` of (task, language) on `texts`."""
-        loaded, labels = self.adapter(task, language, version)
-        row = self.registry.query(queries.show_adapter, task, language, version)
-        encoder = self.base(row["base"])
+    def predict(self, task: str, language: str, version: int, texts: Sequence[str],
+                base: str | None = None) -> tuple[list[str], np.ndarray]:
+        """Labels and confidences of adapter `version` of (task, language) on `texts`,
+        run on `base` (default: the adapter's own)."""
+        base = base or self._row(task, language, version)["base"]
+        loaded, labels = self.adapter(task, language, version, base)
+        encoder = self.base(base)
         emb = encoder.embed(list(texts), model=loaded.model)
         with torch.inference_mode():
             logits = loaded.head(torch.as_tensor(emb, device=encoder.device))
@@ -80,26 +93,27 @@ class Server:
               keep_text: bool = True) -> list[dict[str, Any]]:
         """Serve each text; returns the logged events (one per text, in input order)."""
         started = time.perf_counter()
-        groups: dict[tuple[str | None, int | None], list[int]] = defaultdict(list)
-        base_ref = None
+        groups: dict[tuple[str | None, int | None, str | None], list[int]] = defaultdict(list)
+        track_base = None
         for i, key in enumerate(routing_keys):
             r = self.resolver.resolve(self.task, language, key)
-            groups[(r.served_language, r.version)].append(i)
-            base_ref = r.base
-        if base_ref is None:
+            groups[(r.served_language, r.version, r.base)].append(i)
+            track_base = r.track_base or r.base
+        if track_base is None:
             raise ValueError(f"no base encoder serves {self.task}/{language}")
-        embeddings = self.models.base(base_ref).embed(list(texts))  # drift looks at these
+        # drift compares with a reference embedded by the track's base: embed with it too
+        embeddings = self.models.base(track_base).embed(list(texts))
         predictions: list[str] = [""] * len(texts)
         confidence = np.zeros(len(texts))
-        for (served, version), idx in groups.items():
+        for (served, version, base), idx in groups.items():
             if version is None or served is None:
                 raise ValueError(f"{self.task}/{language} has no champion to serve")
             labels, conf = self.models.predict(self.task, served, version,
-                                               [texts[i] for i in idx])
+                                               [texts[i] for i in idx], base=base)
             for j, i in enumerate(idx):
                 predictions[i], confidence[i] = labels[j], conf[j]
         latency = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        versions = {i: v for (_, v), idx in groups.items() for i in idx}
+        versions = {i: v for (_, v, _), idx in groups.items() for i in idx}
         events = [{
             "task": self.task, "language": language, "adapter_version": versions[i],
             "routing_key": routing_keys[i], "text": texts[i], "embedding": embeddings[i],

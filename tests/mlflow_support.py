@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.mlflow_mirror.server import server_command, server_env
-from tests.tiny import write_adapter_file
+from tests.serve_support import make_lora_file
 
 TASK = "emoji-group"
 
@@ -33,12 +33,15 @@ class World:
     registry: Any
     tmp: Path
     fingerprint: str
+    base_dir: Path
     seeds: int = 0
 
     def adapter(self, lang: str = "sw", **kw: Any) -> Any:
+        """A real LoRA adapter file (random weights) on the tiny base: the mirror logs each
+        version as an MLflow model that must load."""
         self.seeds += 1
-        f = write_adapter_file(self.tmp / f"a-{lang}-{self.seeds}.safetensors",
-                               self.fingerprint, self.seeds)
+        f = make_lora_file(self.tmp / f"a-{lang}-{self.seeds}.safetensors", self.base_dir,
+                           self.fingerprint, self.seeds)
         return self.registry.register_adapter(
             task=TASK, language=lang, base="tiny@1", weights=f, teacher_language="en",
             metrics={"accuracy": 0.5 + self.seeds / 100, "macro_f1": 0.4}, **kw)
@@ -47,7 +50,7 @@ class World:
 def make_world(registry: Any, tiny_model_dir: Path, tmp: Path) -> World:
     registry.init()
     enc = registry.register_encoder("tiny", "1", tiny_model_dir)
-    return World(registry, tmp, enc.fingerprint)
+    return World(registry, tmp, enc.fingerprint, tiny_model_dir)
 
 
 @dataclass

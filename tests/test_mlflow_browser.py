@@ -101,3 +101,26 @@ def test_model_page_shows_versions_and_champion(chromium: str, served_model, tmp
     run_chromium(chromium, tmp_path / "profile-shot", "--virtual-time-budget=15000",
                  "--window-size=1400,1800", f"--screenshot={shot}", page)
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_version_page_shows_source_run_and_current_status(chromium: str, served_model,
+                                                          tmp_path) -> None:
+    """The page a reviewer opens from the versions table: it must name the run that trained
+    the version (a link to it) and the status the registry holds now."""
+    from controller.mlflow_mirror.connection import open_client
+
+    url, _ = served_model
+    name = track_model_name(TASK, "sw")
+    mv = open_client(url).get_model_version(name, "2")
+    run = open_client(url).get_run(mv.run_id)
+    page = f"{url}/#/models/{name}/versions/2"
+    dom = run_chromium(chromium, tmp_path / "profile-version", "--virtual-time-budget=15000",
+                       "--dump-dom", page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "mlflow-version-page.html").write_text(dom)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert "Source Run" in text, text[:3000]
+    assert run.info.run_name in text  # the link to the training run, by its name
+    assert mv.run_id in dom  # ... and its target
+    assert "Status: champion" in text  # the description's first line, current status
+    assert re.search(r"status\W+champion", text), text[:3000]  # the tag

@@ -15,7 +15,6 @@ from controller.mlflow_mirror import content, reads
 from controller.mlflow_mirror.naming import (
     ALIAS_FIELDS,
     WATERMARK_TAG,
-    artifact_source,
     encoder_model_name,
     safe_key,
     tag_value,
@@ -61,9 +60,10 @@ class Mirror:
             self._adapters.pop(adapter_id, None)
 
     def blob_links(self, sha: str) -> tuple[str, str]:
-        """(model version source, file:// link) of an artifact in the registry's store."""
+        """(content address, file:// link) of an artifact in the registry's store, for the
+        description (the model version's source is its MLflow model)."""
         path = self.registry.store.blob_path(sha)
-        return artifact_source(self.target.tracking_uri, path, sha), content.blob_uri(path)
+        return f"xlt://sha256/{sha}", content.blob_uri(path)
 
     # -- objects -------------------------------------------------------------------------
     def ensure_track_model(self, task: str, language: str,
@@ -74,12 +74,23 @@ class Mirror:
                                         content.track_description(task, language), tags)
 
     def ensure_adapter_version(self, adapter_id: int) -> str:
+        """The adapter's model version: its source is the MLflow model logged in its
+        training run (run_id), so the version loads and serves from MLflow alone."""
+        from controller.mlflow_mirror.models import adapter_model
+
         a = self.adapter(adapter_id)
-        source, link = self.blob_links(a["artifact_sha256"])
+        _, link = self.blob_links(a["artifact_sha256"])
+        name = track_model_name(a["task"], a["language"])
         self.ensure_track_model(a["task"], a["language"])
+        if self.target.find_version(name, str(a["version"])) is None:
+            encoder = self.registry.query(reads.encoder_by_ref, a["base"])
+            run_id, source = adapter_model(self.target.client, self.target.tracking_uri,
+                                           self.registry, a, encoder)
+        else:
+            run_id, source = None, ""  # exists: only tags and description are brought up
         return self.target.ensure_version(
-            track_model_name(a["task"], a["language"]), str(a["version"]), source,
-            content.adapter_tags(a, link), content.adapter_description(a, link))
+            name, str(a["version"]), source, content.adapter_tags(a),
+            content.adapter_description(a, link), run_id=run_id)
 
     def adapter_version(self, adapter_id: int) -> str:
         """The MLflow version of a registry adapter, created if it is missing."""
@@ -89,21 +100,33 @@ class Mirror:
         return found if found is not None else self.ensure_adapter_version(adapter_id)
 
     def ensure_encoder_version(self, encoder: dict[str, Any]) -> str:
+        """The base's model version, its source the base's own MLflow model (logged once;
+        every adapter model of this base refers to it)."""
+        from controller.mlflow_mirror.models import encoder_model
+
         name = encoder_model_name(encoder["name"])
         self.target.ensure_model(name, content.encoder_model_description(encoder["name"]),
                                  dict(content.MANAGED))
-        source, link = self.blob_links(encoder["artifact_sha256"])
+        _, link = self.blob_links(encoder["artifact_sha256"])
+        run_id, source = None, ""
+        if self.target.find_version(name, encoder["version"]) is None:
+            run_id, source = encoder_model(self.target.client, self.target.tracking_uri,
+                                           self.registry, encoder)
         return self.target.ensure_version(name, encoder["version"], source,
                                           content.encoder_tags(encoder, link),
-                                          content.encoder_description(encoder, link))
+                                          content.encoder_description(encoder, link),
+                                          run_id=run_id)
 
     def refresh_status(self, name: str, adapter_ids: set[int]) -> None:
-        """Put each adapter's current registry status on its version's tags."""
+        """Put each adapter's current registry state (status, gates, canary steps, reasons)
+        on its version's tags and description."""
         self.forget(adapter_ids)
         for adapter_id in sorted(adapter_ids):
             version = self.adapter_version(adapter_id)
-            self.target.set_version_tags(name, version,
-                                         {"status": self.adapter(adapter_id)["status"]})
+            a = self.adapter(adapter_id)
+            _, link = self.blob_links(a["artifact_sha256"])
+            self.target.set_version_tags(name, version, content.adapter_tags(a))
+            self.target.set_description(name, version, content.adapter_description(a, link))
 
     def apply_aliases(self, name: str, state: dict[str, Any],
                       current: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
@@ -168,22 +191,10 @@ def _apply_track_event(mirror: Mirror, name: str, action: str, payload: dict[str
         before = payload.get("before") if isinstance(payload.get("before"), dict) else None
         involved = _moved(before, after) | ({adapter_id} if adapter_id else set())
         mirror.refresh_status(name, involved)
-    elif action == "gated" and adapter_id is not None:
+    elif action in ("gated", "reject", "gate", "canary_analysis") and adapter_id is not None:
+        # the version page (description) is re-rendered from the registry: the gate report,
+        # every canary step so far, and the status with its reason
         mirror.refresh_status(name, {adapter_id})
-    elif action == "gate" and adapter_id is not None:
-        version = mirror.adapter_version(adapter_id)
-        tags = {"gate.passed": tag_value(bool(after.get("passed")))}
-        for gate in after.get("gates") or []:
-            if isinstance(gate, dict) and gate.get("name"):
-                tags[safe_key(f"gate.{gate['name']}")] = tag_value(
-                    {k: gate.get(k) for k in ("value", "threshold", "passed")})
-        mirror.target.set_version_tags(name, version, tags)
-    elif action == "canary_analysis" and adapter_id is not None:
-        version = mirror.adapter_version(adapter_id)
-        mirror.target.set_version_tags(name, version, {
-            "canary.step": tag_value(after.get("step")),
-            "canary.weight": tag_value(after.get("weight")),
-            "canary.verdict": tag_value(after.get("verdict"))})
     elif action == "drift_check":
         mirror.target.set_model_tags(name, {
             "drift.verdict": tag_value(after.get("verdict")),

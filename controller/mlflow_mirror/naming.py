@@ -45,6 +45,15 @@ def experiment_name(task: str, language: str) -> str:
     return f"xlt/{task}/{language}"
 
 
+def encoder_experiment_name() -> str:
+    return "xlt/encoders"
+
+
+# MLflow 3 opens an experiment without this tag as a GenAI traces page; xlt's experiments
+# hold classic training runs and models (values from the UI: mlflow/server/js ExperimentKind)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def tag_value(value: Any) -> str:
     """Tags are strings: JSON for structures, '' for None, cut to a size every store takes."""
     if value is None:

@@ -8,7 +8,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.schema import Adapter, BaseEncoder, Dataset, Event, OutboxMessage, Track
+from registry.schema import (
+    Adapter,
+    BaseEncoder,
+    CanaryAnalysis,
+    Dataset,
+    Event,
+    GateResult,
+    OutboxMessage,
+    Track,
+)
+
+# what the version page tells about an adapter's life, in the order it happened
+HISTORY_ACTIONS = ("register_adapter", "gated", "reject", "canary_start", "canary_weight",
+                   "canary_abort", "promote", "rollback", "retire")
 
 
 def _iso(value: Any) -> str | None:
@@ -27,7 +40,24 @@ def _adapter_view(s: Session, a: Adapter, bases: dict[int, BaseEncoder]) -> dict
             "metrics": a.metrics or {}, "hyperparams": a.hyperparams or {},
             "parent_version": parent.version if parent else None,
             "artifact_sha256": a.artifact_sha256, "created_at": _iso(a.created_at),
-            "created_by": a.created_by}
+            "created_by": a.created_by, **_adapter_history(s, a.id)}
+
+
+def _adapter_history(s: Session, adapter_id: int) -> dict[str, Any]:
+    """Status changes with their reasons, the newest gate report, every canary step."""
+    events = [{"at": _iso(e.at), "actor": e.actor, "action": e.action, "reason": e.reason}
+              for e in s.scalars(select(Event).where(Event.adapter_id == adapter_id)
+                                 .order_by(Event.id))
+              if e.action in HISTORY_ACTIONS or (e.after or {}).get("status")]
+    gate = s.scalars(select(GateResult).where(GateResult.adapter_id == adapter_id)
+                     .order_by(GateResult.id.desc())).first()
+    steps = [{"step": c.step, "weight": c.weight, "at": _iso(c.analysed_at),
+              "verdict": c.verdict, "metrics": c.metrics}
+             for c in s.scalars(select(CanaryAnalysis).where(
+                 CanaryAnalysis.adapter_id == adapter_id).order_by(CanaryAnalysis.id))]
+    return {"history": events, "canary_steps": steps,
+            "gates": None if gate is None else {"at": _iso(gate.evaluated_at),
+                                                "passed": gate.passed, "gates": gate.gates}}
 
 
 def adapter_view(s: Session, adapter_id: int) -> dict[str, Any] | None:
@@ -53,6 +83,13 @@ def _encoder_view(e: BaseEncoder) -> dict[str, Any]:
             "fingerprint": e.fingerprint, "fingerprint_inputs": e.fingerprint_inputs,
             "artifact_sha256": e.artifact_sha256, "source": e.source,
             "created_at": _iso(e.created_at), "created_by": e.created_by}
+
+
+def encoder_by_ref(s: Session, ref: str) -> dict[str, Any] | None:
+    name, _, version = ref.partition("@")
+    e = s.scalars(select(BaseEncoder).where(BaseEncoder.name == name,
+                                            BaseEncoder.version == version)).first()
+    return _encoder_view(e) if e is not None else None
 
 
 def encoders(s: Session) -> list[dict[str, Any]]:

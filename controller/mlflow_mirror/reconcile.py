@@ -105,9 +105,8 @@ def _track(mirror: Mirror, track: dict[str, Any], report: ReconcileReport,
         if status != a["status"]:
             _note(report, Difference(name, "status", f"v{a['version']} status is {status} in "
                                      f"MLflow, {a['status']} in the registry"), repair)
-            if repair:
-                target.set_version_tags(name, str(found[0].version), {"status": a["status"]},
-                                        current=found[0].tags)
+            if repair:  # status tag and the description's status, gates and history
+                mirror.refresh_status(name, {a["id"]})
     for tag, mvs in by_version.items():  # versions made by hand: reported, never deleted
         _note(report, Difference(name, "unmapped", f"model versions "
                                  f"{[str(m.version) for m in mvs]} have {VERSION_TAG}="

@@ -10,20 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.mlflow_mirror.connection import describe, fast_fail, open_client
 from controller.mlflow_mirror.naming import (
+    EXPERIMENT_KIND,
     MAX_TAG_VALUE,
     VERSION_TAG,
     experiment_name,
     local_artifact_root,
     safe_key,
     tag_value,
-    track_model_name,
 )
 
 if TYPE_CHECKING:
@@ -92,27 +92,42 @@ def _log_values(client: MlflowClient, run_id: str, params: Mapping[str, Any],
         client.log_batch(run_id, metrics=mlist[i:i + 100], params=plist[i:i + 100])
 
 
-def _experiment(client: MlflowClient, tracking_uri: str, name: str) -> str:
+def experiment_description(name: str) -> str:
+    parts = name.split("/")
+    if len(parts) == 3:
+        return (f"Training, evaluation (gates) and drift runs of task {parts[1]} in language "
+                f"{parts[2]}, logged by xlt. Each training run holds the adapter version's "
+                f"MLflow model; the registered model xlt.{parts[1]}.{parts[2]} lists them.")
+    return f"Runs logged by xlt ({name})."
+
+
+def ensure_experiment(client: MlflowClient, tracking_uri: str, name: str,
+                      description: str | None = None) -> str:
+    """The experiment's id, created if missing, tagged for MLflow's classic ML view and
+    described (an experiment made by an older xlt gets the tags on first use)."""
     from mlflow.exceptions import MlflowException
 
+    tags = {"managed_by": "xlt", **EXPERIMENT_KIND,
+            "mlflow.note.content": description or experiment_description(name)}
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    root = local_artifact_root(tracking_uri)
-    location = (root / safe_key(name).replace("/", "_")).as_uri() if root else None
-    try:
-        return client.create_experiment(name, artifact_location=location,
-                                        tags={"managed_by": "xlt"})
-    except MlflowException:  # created meanwhile by another process
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        root = local_artifact_root(tracking_uri)
+        location = (root / safe_key(name).replace("/", "_")).as_uri() if root else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=tags)
+        except MlflowException:  # created meanwhile by another process
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    for key, value in tags.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return str(found.experiment_id)
 
 
 def _start(client: MlflowClient, tracking_uri: str, task: str, language: str, run_name: str,
            tags: dict[str, str]) -> str:
-    exp = _experiment(client, tracking_uri, experiment_name(task, language))
+    exp = ensure_experiment(client, tracking_uri, experiment_name(task, language))
     clean = {safe_key(k): v[:MAX_TAG_VALUE] for k, v in tags.items()}
     return client.create_run(exp, run_name=run_name, tags=clean).info.run_id
 
@@ -144,7 +159,8 @@ def log_training_run(target: Registry | str | None, adapter: Any, params: Mappin
         tracking_uri = tracking_uri_of(target)
         task, language = _field(adapter, "task"), _field(adapter, "language")
         version = _field(adapter, "version")
-        tags = {"xlt.kind": "training", "task": task, "language": language,
+        kind = "training" if gate_report is None else "evaluation"
+        tags = {"xlt.kind": kind, "task": task, "language": language,
                 VERSION_TAG: tag_value(version), "status": tag_value(_field(adapter, "status")),
                 "base": tag_value(_field(adapter, "base", "base_ref")),
                 "fingerprint": tag_value(_field(adapter, "base_fingerprint")),
@@ -154,8 +170,9 @@ def log_training_run(target: Registry | str | None, adapter: Any, params: Mappin
                 "artifact_uri": _link(artifact)}
         with fast_fail():
             client = open_client(tracking_uri)
-            run_id = _start(client, tracking_uri, task, language,
-                            run_name or f"train {task}/{language} v{version}", tags)
+            run_id = _training_run(client, tracking_uri, adapter, tags) if kind == "training" \
+                else _start(client, tracking_uri, task, language,
+                            run_name or f"gates {task}/{language} v{version}", tags)
             _log_values(client, run_id, params, metrics)
             if gate_report is not None:
                 client.log_dict(run_id, gate_report, "gate_report.json")
@@ -165,7 +182,8 @@ def log_training_run(target: Registry | str | None, adapter: Any, params: Mappin
             if upload_artifact and artifact is not None and Path(artifact).is_file():
                 client.log_artifact(run_id, str(artifact), "weights")
             client.set_terminated(run_id, "FINISHED")
-            _link_version(client, task, language, version, run_id)
+            if kind == "training" and not isinstance(target, str | None):
+                _log_model(client, tracking_uri, target, adapter)
         return run_id
     except Exception as exc:  # never fail training because the mirror is down
         _abandon(client, run_id, "training", exc)
@@ -193,27 +211,46 @@ def _link(artifact: str | Path | None) -> str:
     return Path(text).resolve().as_uri()
 
 
-def _link_version(client: MlflowClient, task: str, language: str, version: Any,
-                  run_id: str) -> None:
-    """Tag the mirrored model version with its training run, if the mirror made it already
-    (otherwise the run's xlt_version tag is the link)."""
-    name = track_model_name(task, language)
-    try:
-        found = client.search_model_versions(
-            f"name='{name}' and tags.{VERSION_TAG}='{version}'", max_results=10)
-        for mv in found:
-            client.set_model_version_tag(name, mv.version, "training_run_id", run_id)
-    except Exception as exc:  # the link is a convenience; the run itself is logged
-        log.info("mlflow: training run %s not linked to %s v%s: %s", run_id, name, version,
-                 describe(exc))
+def _training_run(client: MlflowClient, tracking_uri: str, adapter: Any,
+                  tags: dict[str, str]) -> str:
+    """The adapter's training run: the one the mirror may have made already (it logs the
+    model version's model there), else a new one. One run per adapter version."""
+    from controller.mlflow_mirror.models import find_run
+
+    exp = ensure_experiment(client, tracking_uri, experiment_name(tags["task"],
+                                                                  tags["language"]))
+    run = find_run(client, exp, {k: tags[k] for k in ("xlt.kind", VERSION_TAG,
+                                                       "artifact_sha256")})
+    if run is None:
+        return _start(client, tracking_uri, tags["task"], tags["language"],
+                      f"train {tags['task']}/{tags['language']} v{tags[VERSION_TAG]}", tags)
+    clean = {safe_key(k): v[:MAX_TAG_VALUE] for k, v in tags.items()}
+    for key, value in clean.items():
+        if run.data.tags.get(key) != value:
+            client.set_tag(run.info.run_id, key, value)
+    return str(run.info.run_id)
+
+
+def _log_model(client: MlflowClient, tracking_uri: str, registry: Registry,
+               adapter: Any) -> None:
+    """The adapter's MLflow model in its training run (the mirror would log it otherwise,
+    at the first outbox drain; logging it here makes the run complete at once)."""
+    from controller.mlflow_mirror import reads
+    from controller.mlflow_mirror.models import adapter_model
+
+    view = registry.query(reads.adapter_view, int(_field(adapter, "id")))
+    encoder = registry.query(reads.encoder_by_ref, view["base"])
+    adapter_model(client, tracking_uri, registry, view, encoder)
 
 
 def log_drift_run(task: str, language: str, json_path: str | Path | None,
                   html_path: str | Path | None, scores: Mapping[str, Any], *,
                   verdict: str | None = None, target: Registry | str | None = None,
-                  report_id: int | None = None) -> str | None:
+                  report_id: int | None = None,
+                  pictures: Sequence[str | Path] = ()) -> str | None:
     """Log one drift check: scores as metrics (nested dicts flattened, booleans 0/1), the
-    JSON and HTML reports as artifacts. Returns the run id, or None if MLflow failed."""
+    JSON and HTML reports and the pictures (PNG) as artifacts. Returns the run id, or None
+    if MLflow failed."""
     client = run_id = None
     try:
         tracking_uri = tracking_uri_of(target)
@@ -224,7 +261,7 @@ def log_drift_run(task: str, language: str, json_path: str | Path | None,
             client = open_client(tracking_uri)
             run_id = _start(client, tracking_uri, task, language, f"drift {stamp}", tags)
             _log_values(client, run_id, {}, scores)
-            for path in (json_path, html_path):
+            for path in (json_path, html_path, *pictures):
                 if path is not None and Path(path).is_file():
                     client.log_artifact(run_id, str(path), "drift")
             client.set_terminated(run_id, "FINISHED")

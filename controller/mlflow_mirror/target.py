@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from controller.mlflow_mirror.connection import open_client
+from controller.mlflow_mirror.connection import global_uri, open_client
 from controller.mlflow_mirror.naming import VERSION_TAG
 
 if TYPE_CHECKING:
@@ -93,15 +93,21 @@ class MlflowTarget:
         return self._versions[key]
 
     def ensure_version(self, name: str, xlt_version: str, source: str, tags: dict[str, str],
-                       description: str) -> str:
+                       description: str, run_id: str | None = None) -> str:
         """Create the model version for a registry version unless it exists; bring its tags
         and description up to date either way. Returns the MLflow version number."""
         tags = {**tags, VERSION_TAG: xlt_version}
         existing = self.find_version(name, xlt_version)
         if existing is None:
-            mv = self.client.create_model_version(name, source=source, tags=tags,
-                                                  description=description,
-                                                  await_creation_for=0)
+            # a logged model's source needs its id on a server; an embedded store resolves
+            # models:/m-... through MLflow's global URI
+            model_id = source.removeprefix("models:/") if source.startswith("models:/m-") \
+                else None
+            with global_uri(self.tracking_uri):
+                mv = self.client.create_model_version(name, source=source, run_id=run_id,
+                                                      tags=tags, description=description,
+                                                      await_creation_for=0,
+                                                      model_id=model_id)
             self._versions[(name, xlt_version)] = str(mv.version)
             return str(mv.version)
         mv = self.client.get_model_version(name, existing)
@@ -109,6 +115,10 @@ class MlflowTarget:
             self.client.update_model_version(name, existing, description=description)
         self.set_version_tags(name, existing, tags, current=mv.tags)
         return existing
+
+    def set_description(self, name: str, version: str, description: str) -> None:
+        if (self.client.get_model_version(name, version).description or "") != description:
+            self.client.update_model_version(name, version, description=description)
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str],
                          current: dict[str, str] | None = None) -> None:

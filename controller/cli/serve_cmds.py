@@ -1,0 +1,58 @@
+"""`xlt serve`: the HTTP prediction service (see controller.serve)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from controller.cli import cli
+from controller.cli.context import AppContext
+from controller.mlflow_mirror.server import port_free
+from controller.policy import load_policy
+from registry.errors import InvalidInput
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False),
+              help="Policy file: `no_text_languages` decides whose text the log keeps.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu",
+              show_default=True)
+@click.option("--backend", type=click.Choice(["batched", "merged", "peft"]),
+              default="batched", show_default=True,
+              help="batched: one pass per batch whatever its languages; merged/peft: the "
+                   "baselines bench/serve_bench.py compares against.")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Most texts gathered from concurrent requests into one batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=2.0,
+              show_default=True, help="How long a batch waits for more requests.")
+@click.option("--no-embeddings", is_flag=True,
+              help="Do not log base embeddings (embedding drift then has nothing to read).")
+@click.option("--no-warm", is_flag=True, help="Load adapters on first use, not at start.")
+@pass_app
+def serve(app: AppContext, host: str, port: int, policy_path: str | None, device: str,
+          backend: str, max_batch: int, max_wait_ms: float, no_embeddings: bool,
+          no_warm: bool) -> None:
+    """Serve predictions over HTTP: POST /v1/predict, POST /v1/feedback, GET /healthz,
+    GET /readyz. Routes follow the registry (canary, promotions, rollbacks) without restart;
+    every prediction is logged to the traffic log that drift and canary analysis read."""
+    import uvicorn
+
+    from controller.serve.app import create_app
+    from controller.serve.engine import Engine
+
+    policy = load_policy(policy_path)
+    if not port_free(host, port):
+        raise InvalidInput(f"port {port} on {host} is in use", "pick another with --port")
+    reg = app.registry()
+    engine = Engine(reg, policy, device=device, backend_name=backend,
+                    log_embeddings=not no_embeddings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    api = create_app(engine, warm=not no_warm, max_batch_rows=max_batch,
+                     max_wait_ms=max_wait_ms)
+    click.echo(f"xlt serve: http://{host}:{port} (backend {backend})", err=True)
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)

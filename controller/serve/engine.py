@@ -1,0 +1,220 @@
+"""The serving engine behind `xlt serve`: route every row through the registry's cached
+resolver (sticky canary, fallback chain), run the batch on its adapters, log what was served
+to the traffic log that drift checks and canary analysis read.
+
+One call of `predict` is one batch: routes are revalidated once (a promotion or rollback made
+by any process is seen by the next batch), rows are grouped by the base their adapter was
+trained on (a mixed canary during a base upgrade runs the champion's rows on base A and the
+canary's on base B), and each group is one forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from controller.policy import Policy
+from controller.serve.backends import Key, make_backend
+from registry import queries
+from registry.errors import InvalidInput, NotFound, XltError
+from registry.languages import canonical_language
+from registry.routing import CachedResolver, Resolution
+from registry.service import Registry
+
+log = logging.getLogger(__name__)
+
+
+class BatchResolver(CachedResolver):
+    """Revalidated explicitly, once per batch, rather than on a timer."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry.db, ttl=float("inf"))
+
+    def revalidate(self) -> None:
+        with self._lock:
+            self._revalidate()
+
+
+@dataclass
+class Request:
+    task: str
+    languages: list[str]  # one per text, canonical
+    texts: list[str]
+    routing_keys: list[str]  # one per text
+
+
+@dataclass
+class Served:
+    prediction_id: int | None
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    language: str
+    served_language: str
+    version: int
+    role: str
+    base: str
+
+
+@dataclass
+class Engine:
+    registry: Registry
+    policy: Policy = field(default_factory=Policy)
+    device: str = "cpu"
+    backend_name: str = "batched"
+    log_embeddings: bool = True
+    log_traffic: bool = True
+
+    def __post_init__(self) -> None:
+        self.resolver = BatchResolver(self.registry)
+        self.backend = make_backend(self.backend_name, self._load_base)
+        self._adapters: dict[Key, str] = {}  # -> base ref the adapter was trained on
+        self._lock = threading.Lock()  # one batch at a time: the layers hold per-batch slots
+        self.batches = 0
+
+    def _load_base(self, ref: str) -> Any:
+        from controller.training.pipeline import load_base
+
+        return load_base(self.registry, ref, self.device)[1]  # fingerprint checked
+
+    def _adapter(self, key: Key) -> str:
+        """Load an adapter version on its own base (once); returns that base's ref."""
+        if key not in self._adapters:
+            task, language, version = key
+            row, path = self.registry.adapter_weights(task, language, version)  # sha256
+            base = self.registry.query(queries.show_adapter, task, language, version)["base"]
+            self.backend.load(key, base, path)  # fingerprint checked against that base
+            self._adapters[key] = base
+        return self._adapters[key]
+
+    def warm(self, task: str | None = None) -> int:
+        """Load every champion and canary now, so the first requests do not pay for it."""
+        n = 0
+        for row in self.registry.status(task):
+            for field_name in ("champion", "canary"):
+                version = row.get(field_name)
+                if version:
+                    self._adapter((row["task"], row["language"], int(version)))
+                    n += 1
+        return n
+
+    def route(self, task: str, language: str, key: str) -> Resolution:
+        r = self.resolver.resolve(task, language, key)
+        if r.version is None or r.served_language is None:
+            raise NotFound(f"no adapter serves {task}/{language}: no champion on its track "
+                           "or its parent languages' tracks", "promote an adapter first "
+                           "(`xlt promote`), or ask for a served language")
+        return r
+
+    def predict(self, requests: Sequence[Request]) -> list[list[Served] | XltError]:
+        """Serve a batch of requests; each gets its rows or the error that refused it."""
+        with self._lock:
+            return self._predict(requests)
+
+    def _predict(self, requests: Sequence[Request]) -> list[list[Served] | XltError]:
+        started = time.perf_counter()
+        self.resolver.revalidate()
+        self.batches += 1
+        results: list[list[Served] | XltError] = []
+        rows: list[tuple[int, int, Resolution, Key, str]] = []  # req, row, route, key, base
+        for ri, req in enumerate(requests):
+            try:
+                mine = []
+                for i, (lang, key) in enumerate(zip(req.languages, req.routing_keys,
+                                                    strict=True)):
+                    r = self.route(req.task, lang, key)
+                    akey = (req.task, r.served_language or "", int(r.version or 0))
+                    mine.append((ri, i, r, akey, self._adapter(akey)))
+                rows += mine
+                results.append([])
+            except XltError as exc:
+                results.append(exc)
+        by_base: dict[str, list[int]] = {}
+        for n, row in enumerate(rows):
+            by_base.setdefault(row[4], []).append(n)
+        out: dict[tuple[int, int], Served] = {}
+        embeddings: dict[tuple[int, int], np.ndarray] = {}
+        for base, members in by_base.items():  # one forward pass per base
+            texts = [requests[rows[n][0]].texts[rows[n][1]] for n in members]
+            keys = [rows[n][3] for n in members]
+            labels, probs, names, base_emb = self.backend.classify(
+                base, texts, keys, self.log_embeddings and self.log_traffic)
+            for j, n in enumerate(members):
+                ri, i, r, akey, _ = rows[n]
+                k = len(names[j])
+                out[(ri, i)] = Served(
+                    None, labels[j], float(probs[j, :k].max()),
+                    {name: round(float(p), 6) for name, p in zip(names[j], probs[j, :k],
+                                                                 strict=True)},
+                    requests[ri].languages[i], akey[1], akey[2], r.role, base)
+                if base_emb is not None:
+                    embeddings[(ri, i)] = base_emb[j]
+        for ri, req in enumerate(requests):
+            if not isinstance(results[ri], XltError):
+                results[ri] = [out[(ri, i)] for i in range(len(req.texts))]
+        if self.log_traffic:
+            self._log(requests, results, embeddings, time.perf_counter() - started)
+        return results
+
+    def _log(self, requests: Sequence[Request], results: list[list[Served] | XltError],
+             embeddings: dict[tuple[int, int], np.ndarray], seconds: float) -> None:
+        from controller.drift.store import event_row
+
+        served = [(ri, i, s) for ri, res in enumerate(results) if not isinstance(res, XltError)
+                  for i, s in enumerate(res)]
+        if not served:
+            return
+        latency = round(seconds * 1000 / len(served), 3)
+        events = []
+        for ri, i, s in served:
+            req = requests[ri]
+            event = {"task": req.task, "language": s.language, "adapter_version": s.version,
+                     "routing_key": req.routing_keys[i][:200], "text": req.texts[i],
+                     "prediction": s.label, "confidence": s.confidence,
+                     "latency_ms": latency}
+            if (ri, i) in embeddings:
+                event["embedding"] = embeddings[(ri, i)]
+            events.append(event_row(event, keep_text=self.policy.keeps_text(s.language)))
+        ids = self.registry.log_predictions(events)
+        for (_, _, s), pid in zip(served, ids, strict=True):
+            s.prediction_id = pid
+
+    def feedback(self, task: str, items: Sequence[tuple[int, str]]) -> int:
+        """Attach true labels to earlier predictions (canary analysis compares accuracy)."""
+        known = self.task_labels(task)
+        for pid, label in items:
+            if known and label not in known:
+                raise InvalidInput(f"label {label!r} of prediction {pid} is not a label of "
+                                   f"{task}", f"labels: {', '.join(sorted(known))}")
+        return self.registry.record_feedback(task, dict(items))
+
+    def task_labels(self, task: str) -> set[str]:
+        return {name for key, base in self._adapters.items() if key[0] == task
+                for name in self.backend.labels(key, base)}
+
+    def describe(self) -> dict[str, Any]:
+        bases = sorted(set(self._adapters.values()))
+        return {"backend": self.backend_name, "bases": bases,
+                "adapters": [{"task": t, "language": lang, "version": v,
+                              "base": self._adapters[(t, lang, v)]}
+                             for t, lang, v in sorted(self._adapters)],
+                "batches": self.batches}
+
+
+def request_from(task: str, texts: list[str], language: str | None,
+                 languages: list[str] | None, routing_key: str | None,
+                 routing_keys: list[str] | None) -> Request:
+    """A Request with one language and one routing key per text, canonicalised."""
+    langs = languages if languages is not None else [language or ""] * len(texts)
+    keys = routing_keys if routing_keys is not None else [routing_key or ""] * len(texts)
+    try:
+        canon = {lang: canonical_language(lang) for lang in set(langs)}
+    except XltError as exc:
+        raise InvalidInput(str(exc), "send a BCP-47 tag such as sw or sr-Latn") from exc
+    return Request(task, [canon[x] for x in langs], list(texts), list(keys))

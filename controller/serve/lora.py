@@ -1,0 +1,230 @@
+"""One base encoder, many LoRA adapters, one forward pass for a batch whose rows use
+different adapters.
+
+Each targeted linear layer of the base is wrapped once by `MultiLoraLinear`, which keeps
+every loaded adapter's A and B matrices stacked along a slot axis (slot 0: the bare base).
+A forward computes the base layer once for the whole batch and adds each row's own
+low-rank delta, `y = W x + B[slot] (A[slot] x)`; rows are sorted by slot, so an adapter's
+delta is two matmuls over one contiguous slice of the batch. A batch mixing 8 languages
+costs one pass of the base plus 8 small deltas per layer, instead of 8 passes (one merged
+model per language) or 8 adapter switches (PEFT).
+
+Adapters of different ranks share a stack padded with zero rows/columns (exact: the extra
+products are zeros). The LoRA scaling (alpha / r) is folded into B when loading.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from controller.encoder import TextEncoder, mean_pool
+from controller.training.artifact import read_adapter
+from controller.training.head import LinearHead
+from registry.errors import ArtifactError, IncompatibleAdapter
+from registry.fingerprint import loaded_model_fingerprint
+
+PEFT_PREFIX = "base_model.model."
+
+
+class MultiLoraLinear(torch.nn.Module):
+    """A base nn.Linear plus per-row LoRA deltas; `segments` is set by the owner per
+    forward."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        dtype, device = base.weight.dtype, base.weight.device
+        self.A = torch.zeros(1, 1, base.in_features, dtype=dtype, device=device)
+        self.B = torch.zeros(1, base.out_features, 1, dtype=dtype, device=device)
+        self.ranks: dict[int, int] = {}  # slot -> its adapter's rank in this layer
+        # (slot, start, end): the batch's rows sorted by slot, set by the owner per forward
+        self.segments: list[tuple[int, int, int]] | None = None
+
+    def grow(self, slots: int, rank: int) -> None:
+        """Make room for `slots` slots of rank up to `rank` (zero padded)."""
+        n, r, _ = self.A.shape
+        if slots <= n and rank <= r:
+            return
+        n2, r2 = max(n, slots), max(r, rank)
+        A = self.A.new_zeros(n2, r2, self.base.in_features)
+        B = self.B.new_zeros(n2, self.base.out_features, r2)
+        A[:n, :r] = self.A
+        B[:n, :, :r] = self.B
+        self.A, self.B = A, B
+
+    def put(self, slot: int, a: torch.Tensor, b_scaled: torch.Tensor) -> None:
+        self.grow(slot + 1, a.shape[0])
+        self.A[slot].zero_()
+        self.B[slot].zero_()
+        self.A[slot, : a.shape[0]] = a.to(self.A.dtype)
+        self.B[slot, :, : b_scaled.shape[1]] = b_scaled.to(self.B.dtype)
+        self.ranks[slot] = int(a.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.segments:
+            return y
+        # rows come sorted by slot: each adapter's rows are one contiguous slice, so its
+        # delta is two plain matmuls over all its rows' tokens (no per-row gathers)
+        for slot, start, end in self.segments:
+            r = self.ranks.get(slot)
+            if r is None:  # the bare base, or an adapter that leaves this layer alone
+                continue
+            h = x[start:end] @ self.A[slot, :r].T
+            y[start:end] += h @ self.B[slot, :, :r].T
+        return y
+
+
+@dataclass(frozen=True)
+class AdapterSlot:
+    key: Any
+    slot: int
+    labels: tuple[str, ...]
+    head: LinearHead
+    nbytes: int
+
+
+def _parent(model: torch.nn.Module, path: str) -> tuple[torch.nn.Module, str]:
+    parent_path, _, name = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), name
+
+
+def lora_pairs(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module path in the base: (A, B)} from peft state-dict names."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in lora.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                path = key.split(marker)[0].removeprefix(PEFT_PREFIX)
+                pairs.setdefault(path, {})[part] = tensor
+    bad = [p for p, ab in pairs.items() if len(ab) != 2]
+    if bad or not pairs:
+        raise ArtifactError(f"adapter LoRA tensors are incomplete ({bad[:3] or 'none'})",
+                            "the file is corrupt or was written by another tool")
+    return {p: (ab["lora_A"], ab["lora_B"]) for p, ab in pairs.items()}
+
+
+class MultiAdapterBase:
+    """One base encoder held once, with any number of adapters loaded into slots."""
+
+    def __init__(self, ref: str, encoder: TextEncoder, fingerprint: str | None = None) -> None:
+        self.ref = ref
+        self.encoder = encoder
+        for p in encoder.model.parameters():
+            p.requires_grad_(False)
+        # the contract's check at load compares against the base actually in memory
+        self.fingerprint = fingerprint or loaded_model_fingerprint(encoder.model,
+                                                                   encoder.tokenizer)
+        self.layers: dict[str, MultiLoraLinear] = {}
+        self.adapters: dict[Any, AdapterSlot] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def _layer(self, path: str) -> MultiLoraLinear:
+        if path not in self.layers:
+            parent, name = _parent(self.encoder.model, path)
+            base = getattr(parent, name)
+            if not isinstance(base, torch.nn.Linear):
+                raise ArtifactError(f"adapter targets {path}, which is not a linear layer",
+                                    "the adapter was trained on another architecture")
+            layer = MultiLoraLinear(base)
+            layer.grow(len(self.adapters) + 1, 1)
+            setattr(parent, name, layer)
+            self.layers[path] = layer
+        return self.layers[path]
+
+    def load(self, key: Any, path: str | Path) -> AdapterSlot:
+        """Load an adapter file into a new slot, after the fingerprint check."""
+        with self._lock:
+            if key in self.adapters:
+                return self.adapters[key]
+            meta, lora, head_tensors = read_adapter(path)
+            cfg = meta.get("config", {})
+            if cfg.get("kind") != "lora":
+                raise ArtifactError(f"adapter kind {cfg.get('kind')!r} is not supported",
+                                    "only LoRA adapters are")
+            if meta.get("base_fingerprint") != self.fingerprint:
+                raise IncompatibleAdapter(
+                    f"adapter {key} was trained on base fingerprint "
+                    f"{meta.get('base_fingerprint')}, the loaded base {self.ref} has "
+                    f"fingerprint {self.fingerprint}",
+                    "serve it on the base it was trained on, or retrain it")
+            scale = float(cfg["alpha"]) / float(cfg["r"])
+            pairs = lora_pairs(lora)
+            slot = len(self.adapters) + 1
+            for layer in self.layers.values():
+                layer.grow(slot + 1, 1)
+            nbytes = 0
+            for module_path, (a, b) in pairs.items():
+                self._layer(module_path).put(slot, a.to(self.device), (b * scale).to(self.device))
+                nbytes += (a.numel() + b.numel()) * a.element_size()
+            head = LinearHead.from_tensors(head_tensors).to(self.device)
+            labels = tuple(cfg.get("labels") or [str(i) for i in range(head.shape[1])])
+            entry = AdapterSlot(key, slot, labels, head, nbytes)
+            self.adapters[key] = entry
+            return entry
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], slots: Sequence[int]) -> torch.Tensor:
+        """Pooled, normalised embeddings, row i through the adapter in slots[i] (0: bare
+        base): ONE forward pass of the base for the whole batch."""
+        order = sorted(range(len(texts)), key=lambda i: slots[i])  # stable: by slot
+        segments: list[tuple[int, int, int]] = []
+        for pos, i in enumerate(order):
+            if segments and segments[-1][0] == slots[i]:
+                segments[-1] = (slots[i], segments[-1][1], pos + 1)
+            else:
+                segments.append((slots[i], pos, pos + 1))
+        batch = self.encoder.tokenize([texts[i] for i in order])
+        for layer in self.layers.values():
+            layer.segments = segments
+        try:
+            out = self.encoder.model(**batch)
+        finally:
+            for layer in self.layers.values():
+                layer.segments = None
+        pooled = mean_pool(out.last_hidden_state, batch["attention_mask"])
+        emb = torch.nn.functional.normalize(pooled, dim=-1)
+        back = torch.empty_like(emb)
+        back[torch.as_tensor(order, device=emb.device)] = emb
+        return back
+
+    @torch.inference_mode()
+    def classify(self, texts: Sequence[str], keys: Sequence[Any], with_base: bool = False
+                 ) -> tuple[list[str], np.ndarray, list[tuple[str, ...]], np.ndarray | None]:
+        """Label, class probabilities (rows padded to the widest head) and label names per
+        row; with_base also returns the bare base's embeddings of the texts (for drift),
+        computed in the same forward pass."""
+        entries = [self.adapters[k] for k in keys]
+        slots = [e.slot for e in entries]
+        texts = list(texts)
+        n = len(texts)
+        emb = self.embed(texts + texts if with_base else texts,
+                         slots + [0] * n if with_base else slots)
+        width = max((e.head.shape[1] for e in entries), default=0)
+        probs = np.zeros((n, width), dtype=np.float32)
+        by_slot: dict[int, list[int]] = {}
+        for i, e in enumerate(entries):
+            by_slot.setdefault(e.slot, []).append(i)
+        for rows in by_slot.values():  # heads are tiny: one matmul per adapter present
+            e = entries[rows[0]]
+            idx = torch.as_tensor(rows, device=self.device)
+            p = torch.softmax(e.head(emb[idx]), dim=-1).float().cpu().numpy()
+            probs[rows, : p.shape[1]] = p
+        labels = [entries[i].labels[int(probs[i].argmax())] for i in range(n)]
+        base_emb = emb[n:].float().cpu().numpy() if with_base else None
+        return labels, probs, [e.labels for e in entries], base_emb
+
+    def adapter_bytes(self) -> int:
+        return sum(e.nbytes for e in self.adapters.values())

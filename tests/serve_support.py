@@ -1,0 +1,56 @@
+"""Real LoRA adapter files on the tiny BERT (random weights: quality is not under test), and
+a registry holding them, for the serving and MLflow model tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LABELS = ["smileys", "people", "animals", "food", "travel", "activities", "objects", "flags"]
+TASK = "emoji-group"
+
+
+def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: int = 4,
+                   targets: tuple[str, ...] = ("query", "value"),
+                   labels: list[str] | None = None) -> Path:
+    """A peft LoRA on the tiny base with random A and B (B is zero after peft's init, which
+    would make every adapter equal to the base) and a random head, saved as xlt saves one."""
+    from peft import LoraConfig, get_peft_model
+
+    from controller.encoder import TextEncoder
+    from controller.training.artifact import save_adapter
+    from controller.training.head import LinearHead
+
+    labels = labels or LABELS
+    encoder = TextEncoder(base_dir, device="cpu")
+    torch.manual_seed(seed)
+    student = get_peft_model(encoder.model, LoraConfig(r=r, lora_alpha=2 * r,
+                                                       target_modules=list(targets)))
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    head = LinearHead(encoder.hidden_size, len(labels))
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.randn_like(head.linear.weight) * 3)
+    save_adapter(path, student, head, labels, fingerprint,
+                 extra={"task": TASK, "seed": seed})
+    return path
+
+
+def register_lora(registry: Any, base_dir: Path, tmp: Path, language: str, seed: int,
+                  base: str = "tiny@1", **kw: Any) -> Any:
+    fingerprint = registry.query(_fingerprint, base)
+    path = make_lora_file(tmp / f"lora-{language}-{seed}.safetensors", base_dir, fingerprint,
+                          seed)
+    return registry.register_adapter(task=TASK, language=language, base=base, weights=path,
+                                     teacher_language="en",
+                                     metrics={"accuracy": 0.5, "macro_f1": 0.4}, **kw)
+
+
+def _fingerprint(s: Any, ref: str) -> str:
+    from registry.commands.lookups import encoder_by_ref
+
+    return encoder_by_ref(s, ref).fingerprint
