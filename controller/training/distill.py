@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from controller.encoder import TextEncoder, mean_pool
 from controller.training.embed import embed_sorted, pad_batch, tokenize_ids
 from controller.training.head import LinearHead
+from controller.training.split import pad_states, prefix_states, top_embeddings
 
 IGNORE_LABEL = -100
 
@@ -71,15 +72,37 @@ class DistillConfig:
     replay_share: float = 0.25
     l2_pull: float = 0.0
     seed: int = 0
+    # bottom encoder blocks left without LoRA; their output is computed once per text and
+    # each step runs only the blocks above (controller.training.split). 0 = adapt all.
+    frozen_layers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["target_modules"] = list(self.target_modules)
         return out
 
-    def lora_config(self) -> LoraConfig:
+    def lora_config(self, num_layers: int | None = None) -> LoraConfig:
+        layers = None
+        if self.frozen_layers:
+            if num_layers is None or not 0 < self.frozen_layers < num_layers:
+                raise ValueError(f"frozen_layers={self.frozen_layers} needs a base with more "
+                                 f"layers (it has {num_layers})")
+            layers = list(range(self.frozen_layers, num_layers))
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none")
+                          target_modules=list(self.target_modules), bias="none",
+                          layers_to_transform=layers,
+                          layers_pattern="layer" if layers is not None else None)
+
+
+def for_base(model_config: Any, **overrides: Any) -> DistillConfig:
+    """The defaults for a base: deep encoders (12+ blocks, e.g. multilingual-e5-small) adapt
+    the top half only and read cached prefix states, with shorter sequences; shallow ones
+    (all-MiniLM-L6-v2) keep the full-depth LoRA they were tuned with."""
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
+    if layers >= 12:
+        base = DistillConfig(frozen_layers=layers // 2, max_length=32)
+        return replace(base, **overrides)
+    return replace(DistillConfig(), **overrides)
 
 
 @dataclass
@@ -187,7 +210,8 @@ def build_student(base_model: torch.nn.Module, cfg: DistillConfig,
                   init_lora: dict[str, torch.Tensor] | None = None) -> PeftModel:
     """A copy of the base with LoRA layers (the base passed in stays untouched, it is the
     teacher); `init_lora` (peft state-dict keys) warm-starts from an earlier adapter."""
-    student = get_peft_model(copy.deepcopy(base_model), cfg.lora_config())
+    num_layers = getattr(base_model.config, "num_hidden_layers", None)
+    student = get_peft_model(copy.deepcopy(base_model), cfg.lora_config(num_layers))
     if init_lora is not None:
         result = set_peft_model_state_dict(student, init_lora)
         unexpected = getattr(result, "unexpected_keys", [])
@@ -210,6 +234,9 @@ def distill(encoder: TextEncoder, head: LinearHead, pairs: ParallelData,
 
     t0 = time.perf_counter()
     samples = _build_samples(encoder, head, cfg, pairs, replay, unlabeled, rng)
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    states = (prefix_states(encoder.model, samples.ids, cfg.frozen_layers, pad_id, device)
+              if cfg.frozen_layers else None)
     teacher_seconds = time.perf_counter() - t0
 
     student = build_student(encoder.model, cfg, init_lora).to(device)
@@ -222,7 +249,6 @@ def distill(encoder: TextEncoder, head: LinearHead, pairs: ParallelData,
     total = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - s / total))
-    pad_id = encoder.tokenizer.pad_token_id or 0
     result = DistillResult(model=student, config=cfg, teacher_seconds=teacher_seconds,
                            samples=len(lengths))
 
@@ -233,9 +259,14 @@ def distill(encoder: TextEncoder, head: LinearHead, pairs: ParallelData,
         batches = _batches(lengths, cfg.batch_size, rng)
         for idx in batches:
             it = torch.as_tensor(idx)
-            batch = pad_batch([samples.ids[i] for i in idx], pad_id, device)
-            out = student(**batch)
-            s = F.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"]), dim=-1)
+            if states is not None:
+                hidden, mask = pad_states([states[i] for i in idx], device)
+                s = top_embeddings(student, hidden, mask, cfg.frozen_layers)
+            else:
+                batch = pad_batch([samples.ids[i] for i in idx], pad_id, device)
+                out = student(**batch)
+                s = F.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"]),
+                                dim=-1)
             mse = ((s - samples.teacher_emb[it].to(device)) ** 2).sum(-1)
             logits = head(s)
             logp = F.log_softmax(logits / cfg.kl_temperature, dim=-1)

@@ -25,10 +25,10 @@ import pandas as pd
 from controller.data import cldr
 from controller.encoder import TextEncoder
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
-from controller.training.distill import DistillConfig, ParallelData, distill
-from controller.training.embed import embed_sorted
+from controller.training.distill import DistillConfig, ParallelData, distill, for_base
 from controller.training.evaluate import evaluate_split
-from controller.training.head import LinearHead, train_head
+from controller.training.head import LinearHead
+from controller.training.head_cache import cached_teacher_head
 from controller.training.teacher import choose_teacher
 from registry import queries
 from registry.errors import IncompatibleAdapter, InvalidInput, NotFound
@@ -93,6 +93,8 @@ def _track_base(registry: Any, task: str, language: str, base: str | None) -> st
     rows = [r for r in registry.status(task) if r["language"] == language]
     if rows and rows[0]["base"]:
         if base and base != rows[0]["base"]:
+            if _upgrading_to(registry, task, language, base):
+                return base  # an upgrade candidate is trained on the target base (h9loop)
             raise InvalidInput(f"track {task}/{language} is on {rows[0]['base']}, not {base}",
                                "train on the track's base, or move the track first")
         return str(rows[0]["base"])
@@ -102,21 +104,26 @@ def _track_base(registry: Any, task: str, language: str, base: str | None) -> st
     return base
 
 
+def _upgrading_to(registry: Any, task: str, language: str, base: str) -> bool:
+    """A track with an active upgrade to `base` trains its candidate there (h9loop)."""
+    return any(u.active and u.language == language
+               for u in registry.query(queries.upgrades, base, task))
+
+
 def _pairs(df: pd.DataFrame, teacher: str, languages: Sequence[str],
-           limit: int | None) -> ParallelData:
+           limit: int | None, labels: Sequence[str] | None = None) -> ParallelData:
+    """`labels`: the task's label list, to attach each target text's label index (training
+    with target labels); None: distillation alone."""
     frames = [cldr.parallel_pairs(df, teacher, lang) for lang in languages]
     pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if limit is not None:
         pairs = pairs.iloc[:limit]
-    return ParallelData(pairs["text_target"].tolist(), pairs["text_source"].tolist())
-
-
-def _head_for(encoder: TextEncoder, train: pd.DataFrame, teacher: str,
-              labels: Sequence[str], seed: int) -> LinearHead:
-    rows = train[train["language"] == teacher]
-    index = {name: i for i, name in enumerate(labels)}
-    emb = embed_sorted(encoder, rows["text"].tolist()).numpy()
-    return train_head(emb, [index[x] for x in rows["label"]], len(labels), seed=seed)
+    target_labels = None
+    if labels is not None:
+        index = {name: i for i, name in enumerate(labels)}
+        target_labels = [index[x] for x in pairs["label"]]
+    return ParallelData(pairs["text_target"].tolist(), pairs["text_source"].tolist(),
+                        target_labels)
 
 
 def train_adapter(registry: Any, task: str, language: str, teacher: str | None = None,
@@ -125,6 +132,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   data_languages: Sequence[str] | None = None,
                   config: DistillConfig | None = None, limit_pairs: int | None = None,
                   progress: bool = False, shuffle_pairs: bool = False,
+                  target_labels: bool = False, target_label_weight: float = 1.0,
                   **_ignored: Any) -> dict[str, Any]:
     """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
 
@@ -132,13 +140,16 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     after drift may add the variant the traffic moved to, e.g. ["yo", "yo-BJ"]).
     `shuffle_pairs`: pair each target text with a random source text (corrupted data, for
     drills and the demo: such a candidate must fail its gates).
+    `target_labels`: add cross-entropy on the target texts' own labels (weight
+    `target_label_weight`), where the dataset has them (a rejected attempt's next step).
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     dataset_name, labels = task_spec(task)
     language = canonical_language(language)
     base_ref = _track_base(registry, task, language, base)
     encoder_row, encoder = load_base(registry, base_ref, device)
-    cfg = config or DistillConfig()
+    # per-base defaults (deep bases: frozen prefix, short sequences), see distill.for_base
+    cfg = config or for_base(encoder.model.config)
     cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}))
 
     registered = [r["language"] for r in registry.status(task)]
@@ -153,10 +164,14 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         ds = next(r for r in registry.query(queries.list_datasets, dataset_name)
                   if r["id"] == ds_id)
         cldr.verify_sha256(Path(ds["uri"]), ds["sha256"])
-    pairs = _pairs(train, teacher_lang, langs, limit_pairs)
+    pairs = _pairs(train, teacher_lang, langs, limit_pairs,
+                   labels if target_labels else None)
+    if target_labels and cfg.ce_weight == 0:
+        cfg = replace(cfg, ce_weight=target_label_weight)
     if shuffle_pairs:
         order = np.random.default_rng(seed).permutation(len(pairs))
-        pairs = ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order])
+        pairs = ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order],
+                             pairs.target_labels)
 
     init_lora = replay = None
     parent = None
@@ -172,7 +187,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
             cfg = replace(cfg, l2_pull=DEFAULT_L2_PULL)
         parent = continue_from
     else:
-        head = _head_for(encoder, train, teacher_lang, labels, seed)
+        # the teacher's head: trained once per (base, teacher language, data, seed), cached
+        head = cached_teacher_head(encoder, encoder_row.fingerprint, train, teacher_lang,
+                                   labels, seed)
 
     t0 = time.perf_counter()
     result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
@@ -184,6 +201,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
     metrics["split"] = "test"
     hyper = {**cfg.to_dict(), "data_languages": langs, "shuffle_pairs": shuffle_pairs,
+             "target_labels": target_labels,
              "device": str(encoder.device),
              "pairs": len(pairs), "train_seconds": round(wall, 2),
              "teacher_choice": choice.to_dict() if choice else {"teacher": teacher_lang,

@@ -1,0 +1,55 @@
+"""The English (teacher-language) head, trained once per base and reused.
+
+A head depends only on the base (its fingerprint), the teacher language, the training
+split's file (sha256) and the seed, so it is cached under
+`<cache_root>/heads/<sha256 of those>.safetensors` (see controller.encoders.me5.cache_root)
+and every later training run on that base reads it instead of re-encoding the teacher's
+training text (2k texts through 12 blocks: the largest fixed cost of a run on a deep base).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+from controller.data import cldr
+from controller.encoder import TextEncoder
+from controller.encoders.me5 import cache_root
+from controller.training.embed import embed_sorted
+from controller.training.head import LinearHead, load_head, save_head, train_head
+
+
+def head_key(base_fingerprint: str, teacher: str, labels: Sequence[str], seed: int) -> str:
+    split_sha = hashlib.sha256(cldr.split_path("train").read_bytes()).hexdigest()
+    raw = json.dumps([base_fingerprint, teacher, list(labels), seed, split_sha])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def train_teacher_head(encoder: TextEncoder, train: pd.DataFrame, teacher: str,
+                       labels: Sequence[str], seed: int) -> LinearHead:
+    rows = train[train["language"] == teacher]
+    index = {name: i for i, name in enumerate(labels)}
+    emb = embed_sorted(encoder, rows["text"].tolist()).numpy()
+    return train_head(emb, [index[x] for x in rows["label"]], len(labels), seed=seed)
+
+
+def cached_teacher_head(encoder: TextEncoder, base_fingerprint: str, train: pd.DataFrame,
+                        teacher: str, labels: Sequence[str], seed: int = 0,
+                        root: str | os.PathLike[str] | None = None) -> LinearHead:
+    directory = Path(root) if root else cache_root() / "heads"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{head_key(base_fingerprint, teacher, labels, seed)}.safetensors"
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            return load_head(path)
+        head = train_teacher_head(encoder, train, teacher, labels, seed)
+        tmp = path.with_suffix(".tmp")
+        save_head(head, tmp)
+        tmp.replace(path)
+    return head

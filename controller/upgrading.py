@@ -1,0 +1,101 @@
+"""The reconciler's part of a base upgrade (DESIGN.md, base upgrades).
+
+A track with an active upgrade to base B goes through the ordinary loop on B: from STEADY
+a training job on B (a fresh adapter: the champion's LoRA belongs to the old base and
+cannot be continued; the teacher is B with its own English head; the same data languages
+as the champion, so the candidate serves the same traffic), then the usual gates against
+the champion (each evaluated on its own base, on the same items), canary (champion on the
+old base, candidate on B) and promote, which moves base and champion in one transaction.
+The upgrade row's status moves in the same transaction as the track's phase, so a killed
+controller resumes where the database says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry import queries
+from registry.commands import deployment, records
+from registry.errors import XltError
+from registry.upgrades import UpgradeState, UpgradeStatus
+
+# from STEADY, these statuses (re)start the upgrade's training: a TRAINING or GATING one
+# can be seen in STEADY only when a person ended the loop by hand in between
+RESTARTABLE = (UpgradeStatus.PENDING, UpgradeStatus.TRAINING, UpgradeStatus.GATING)
+
+
+class UpgradeSteps:
+    reg: Any
+    policy: Any
+    actor: str
+
+    def file_policy_upgrades(self, rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+        """The policy's [upgrade]: request it for each controlled track not yet on the
+        base and never asked to move there (a failed upgrade is not retried by itself;
+        a person re-requests it with `xlt encoder upgrade`)."""
+        wanted = {(tp.task, tp.language): self.policy.upgrade_wanted(tp.task, tp.language)
+                  for tp in self.policy.tracks}
+        wanted = {k: v for k, v in wanted.items() if v and k in rows and rows[k]["base"] != v}
+        if not wanted:
+            return []
+        lines = []
+        for base in sorted(set(wanted.values())):
+            try:
+                asked = {(u.task, u.language) for u in self.reg.query(queries.upgrades, base)}
+            except XltError as exc:
+                lines.append(f"upgrade to {base}: refused: {exc}")
+                continue
+            for (task, language), want in sorted(wanted.items()):
+                if want != base or (task, language) in asked:
+                    continue
+                self.reg.actor = self.actor
+                try:
+                    self.reg.request_upgrade(base, task, [language],
+                                             f"policy: move {task}/{language} to {base}")
+                    lines.append(f"{task}/{language}: upgrade to {base} requested (policy)")
+                except XltError as exc:
+                    lines.append(f"{task}/{language}: upgrade to {base} refused: {exc}")
+        return lines
+
+    def active_upgrades(self) -> dict[tuple[str, str], UpgradeState]:
+        return {(u.task, u.language): u for u in self.reg.query(queries.upgrades) if u.active}
+
+    def start_upgrade_training(self, t: Any, now: float) -> str:
+        from controller.reconciler import RETRAINING, training_params
+
+        up: UpgradeState = t.upgrade
+        data_languages = [t.language]
+        if t.champion is not None:
+            row = self.reg.query(queries.show_adapter, t.task, t.language, t.champion)
+            data_languages = list(row["hyperparams"].get("data_languages") or data_languages)
+        params = training_params(self.policy, t, None, {
+            "base": up.to_base, "continue_from": None, "upgrade_id": up.id,
+            "data_languages": data_languages})
+        reason = f"upgrade to {up.to_base}: train a candidate on it"
+        with self._guarded(t) as uow:  # type: ignore[attr-defined]
+            job = records.create_job(uow, "train", params, self.policy.executor, t.task,
+                                     t.language)
+            deployment.set_phase(uow, t.task, t.language, RETRAINING,
+                                 {**self._steady_data(t), "job_id": job.id,  # type: ignore[attr-defined]
+                                  "attempt": 1, "last_check_at": now,
+                                  "drift_report_id": None, "upgrade_id": up.id},
+                                 t.revision, reason)
+            deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.TRAINING,
+                                       None, f"training job {job.id}")
+        return f"{reason} (job {job.id})"
+
+    @staticmethod
+    def upgrade_job(t: Any) -> bool:
+        """Whether the track's current training job is its active upgrade's."""
+        return t.upgrade is not None and t.data.get("upgrade_id") == t.upgrade.id
+
+    def upgrade_trained(self, uow: Any, t: Any, version: int) -> None:
+        if self.upgrade_job(t):
+            deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.GATING, version,
+                                       f"candidate v{version} on {t.upgrade.to_base}")
+
+    def upgrade_failed(self, uow: Any, t: Any, reason: str) -> str:
+        if not self.upgrade_job(t):
+            return ""
+        deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.FAILED, None, reason)
+        return f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
