@@ -198,10 +198,19 @@ def test_reports_written_html_only_for_drifted(world: World, tmp_path: Path) -> 
     traffic = {k: traffic[k] for k in ("yo", "sw")}
     results = check_many(world.references, traffic, reports_dir=tmp_path, html="drifted")
     assert results["yo"].drifted and not results["sw"].drifted
-    assert set(results["yo"].report_paths) == {"json", "html"}
+    assert set(results["yo"].report_paths) == {"json", "html", "projection"}
     assert set(results["sw"].report_paths) == {"json"}
     html = Path(results["yo"].report_paths["html"])
     assert html.parent == tmp_path / TASK / "yo" and html.stat().st_size > 10_000
+    # the 2-D projection picture: a PNG beside the report and inside the HTML page
+    png = Path(results["yo"].report_paths["projection"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert 'src="data:image/png;base64,' in html.read_text(encoding="utf-8")
+    import os
+    import shutil
+
+    if os.environ.get("XLT_KEEP_PICTURES"):  # to look at it: XLT_KEEP_PICTURES=dir
+        shutil.copy(png, Path(os.environ["XLT_KEEP_PICTURES"]) / "drift-projection-yo.png")
     stored = json.loads(Path(results["yo"].report_paths["json"]).read_text())
     assert stored["verdict"] == "drift" and "script_mix" in stored["drifted_signals"]
     assert stored["signals"]["script_mix"]["threshold"] == 0.06

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from controller.drift import descriptors as desc
+from controller.drift.projection import draw_projection, embed_in_html
 from controller.drift.reference import Reference
 from controller.drift.signals import (
     VERDICT_DRIFT,
@@ -182,8 +183,9 @@ def compute_signals(reference: Reference, window: Window,
 def check_language(reference: Reference, events: pd.DataFrame | Sequence[Mapping[str, Any]],
                    thresholds: DriftThresholds | None = None, *,
                    reports_dir: str | Path | None = None, html: HtmlMode = "drifted",
-                   now: datetime | None = None) -> DriftResult:
-    """Compare one (task, language)'s window of events with its reference."""
+                   now: datetime | None = None, pictures: bool = True) -> DriftResult:
+    """Compare one (task, language)'s window of events with its reference. `pictures`:
+    add the embedding projection PNG to each HTML report."""
     started = time.perf_counter()
     thresholds = thresholds or DriftThresholds()
     window = window_from_events(events)
@@ -196,7 +198,7 @@ def check_language(reference: Reference, events: pd.DataFrame | Sequence[Mapping
         thresholds=thresholds.model_dump(mode="json"),
         checked_at=now or datetime.now(UTC), window_start=window.start, window_end=window.end)
     if reports_dir is not None:
-        write_reports(result, reference, window, Path(reports_dir), html)
+        write_reports(result, reference, window, Path(reports_dir), html, pictures)
     result.elapsed_s = time.perf_counter() - started
     return result
 
@@ -205,7 +207,7 @@ def check_many(references: Mapping[str, Reference] | Callable[[str], Reference |
                events: Mapping[str, Any] | pd.DataFrame,
                thresholds: DriftThresholds | Mapping[str, DriftThresholds] | None = None, *,
                reports_dir: str | Path | None = None, html: HtmlMode = "drifted",
-               now: datetime | None = None) -> dict[str, DriftResult]:
+               now: datetime | None = None, pictures: bool = True) -> dict[str, DriftResult]:
     """Check every language that has events. `events`: {language: events} or one frame
     with a `language` column (the track language). `references`: {language: Reference}
     or a function (e.g. a ReferenceStore lookup). `thresholds`: one for all or per
@@ -224,7 +226,8 @@ def check_many(references: Mapping[str, Reference] | Callable[[str], Reference |
         else:
             chosen = thresholds
         results[language] = check_language(reference, window, chosen,
-                                           reports_dir=reports_dir, html=html, now=now)
+                                           reports_dir=reports_dir, html=html, now=now,
+                                           pictures=pictures)
     return results
 
 
@@ -236,7 +239,7 @@ def report_stem(reports_dir: Path, result: DriftResult) -> Path:
 
 
 def write_reports(result: DriftResult, reference: Reference, window: Window,
-                  reports_dir: Path, html: HtmlMode) -> None:
+                  reports_dir: Path, html: HtmlMode, pictures: bool = True) -> None:
     stem = report_stem(reports_dir, result)
     stem.parent.mkdir(parents=True, exist_ok=True)
     want_html = html == "always" or (html == "drifted" and result.drifted)
@@ -244,10 +247,31 @@ def write_reports(result: DriftResult, reference: Reference, window: Window,
         html_path = stem.with_suffix(".html")
         evidently_html(reference, window, html_path)
         result.report_paths["html"] = str(html_path)
+        picture = (projection_png(result, reference, window, stem.with_suffix(".png"))
+                   if pictures else None)
+        if picture is not None:
+            embed_in_html(html_path, picture, "Embeddings: reference vs current (PCA)")
+            result.report_paths["projection"] = str(picture)
     json_path = stem.with_suffix(".json")
     result.report_paths["json"] = str(json_path)
     json_path.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True),
                          encoding="utf-8")
+
+
+def projection_png(result: DriftResult, reference: Reference, window: Window,
+                   path: Path) -> Path | None:
+    """The 2-D picture of reference vs current embeddings (None without embeddings)."""
+    if window.embeddings is None or reference.embeddings is None or window.n == 0:
+        return None
+    drifted = ", ".join(result.drifted_signals) or "none"
+    title = (f"{result.task} / {result.language}: reference ({reference.n}) vs current "
+             f"({window.n}) embeddings; verdict {result.verdict} (drifted: {drifted})")
+    return draw_projection(
+        path, title, reference.embeddings, window.embeddings,
+        reference.descriptors[desc.DOMINANT].astype(str).tolist(),
+        window.descriptors[desc.DOMINANT].astype(str).tolist(),
+        None if reference.predictions is None else list(reference.predictions),
+        None if window.predictions is None else window.predictions.tolist())
 
 
 def _report_frame(descriptors: pd.DataFrame, predictions: Any, confidences: Any,

@@ -80,7 +80,8 @@ class Reference:
     def summary(self) -> dict[str, Any]:
         """What a drift report records about its reference."""
         return {"key": self.key, "task": self.task, "language": self.language, "n": self.n,
-                "source": self.stats.get("source"), "created_at": self.stats.get("created_at")}
+                "source": self.stats.get("source"), "created_at": self.stats.get("created_at"),
+                "kind": self.stats.get("kind", "dataset"), "version": self.stats.get("version")}
 
     # -- serialisation -----------------------------------------------------------------
     def to_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -208,6 +209,29 @@ def reference_from_dataset(task: str, language: str, *, encoder: Any,
     return build_reference(task, language, reference_key(source, base, champion),
                            texts=texts, embeddings=embeddings, predictions=predictions,
                            confidences=confidences, source=source)
+
+
+def reference_from_events(task: str, language: str, key: str, events: pd.DataFrame, *,
+                          predictions: Sequence[str] | None = None,
+                          confidences: Sequence[float] | None = None, source: str,
+                          version: int | None = None) -> Reference:
+    """A reference that follows the traffic: the window of logged events a drift retrain
+    answered (their stored descriptors and base embeddings; the new champion's predictions
+    on their text when the text was kept). After that retrain is promoted, the next checks
+    compare the traffic with the traffic the champion was trained for, like with like."""
+    from controller.drift.check import stack_embeddings
+
+    if events.empty:
+        raise ValueError(f"no events in the traffic window {source}")
+    descriptors = desc.from_records(events["descriptors"].tolist())
+    embeddings = stack_embeddings(events["embedding"].tolist())
+    reference = build_reference(task, language, key, descriptors=descriptors,
+                                embeddings=embeddings, predictions=predictions,
+                                confidences=confidences, source=source)
+    reference.stats.update(kind="traffic", version=version,
+                           window_start=str(events["at"].min()),
+                           window_end=str(events["at"].max()))
+    return reference
 
 
 # -- cache -------------------------------------------------------------------------------

@@ -160,9 +160,33 @@ class RegistryReferenceStore:
         # the row keeps what a person reading the table wants; the arrays are in the file
         stats = {k: reference.stats.get(k) for k in ("n", "source", "created_at",
                                                       "embedding_dim", "embedding_noise_scale",
-                                                      "script_mix", "scripts")}
+                                                      "script_mix", "scripts", "kind",
+                                                      "version", "window_start", "window_end")}
         self.registry.put_reference_cache(reference.task, language, reference.key, sha, stats)
         self._memory[(reference.task, language, reference.key)] = reference
+
+
+def reference_count(session: Session, task: str, language: str) -> int:
+    """How many references the track has had (a new one is version count + 1)."""
+    return len(session.scalars(select(ReferenceCache.id).where(
+        ReferenceCache.task == task, ReferenceCache.language == language)).all())
+
+
+def drift_report_window(session: Session, report_id: int
+                        ) -> tuple[str, str, datetime, datetime] | None:
+    """(task, language, window start, window end) of a drift report, UTC-aware."""
+    from datetime import UTC
+
+    from registry.schema import DriftReport
+
+    row = session.get(DriftReport, report_id)
+    if row is None or row.window_start is None or row.window_end is None:
+        return None
+
+    def utc(ts: datetime) -> datetime:
+        return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+    return row.task, row.language, utc(row.window_start), utc(row.window_end)
 
 
 def _reference_sha(session: Session, task: str, language: str, key: str) -> str | None:

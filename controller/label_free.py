@@ -1,0 +1,113 @@
+"""Gathering label-free evidence for a canary or guard window (controller.estimation has
+the method): each arm's CBPE estimate from its logged confidences, and, where the requests'
+text is kept, canary and champion re-scored on the same requests (agreement and a paired
+estimate). `judge` turns it into a verdict under the policy's allowed evidence."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controller.estimation import (
+    Estimate,
+    Judgement,
+    Paired,
+    estimate_accuracy,
+    judge_difference,
+    paired_estimate,
+)
+from controller.policy import CanaryPolicy
+
+
+@dataclass(frozen=True)
+class LabelFreeEvidence:
+    canary: Estimate | None
+    champion: Estimate | None
+    paired: Paired | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"canary_estimate": self.canary.to_dict() if self.canary else None,
+                "champion_estimate": self.champion.to_dict() if self.champion else None,
+                "paired": self.paired.to_dict() if self.paired else None}
+
+    @property
+    def champion_accuracy(self) -> float | None:
+        """The champion's estimated accuracy (the guard's baseline after a promotion)."""
+        if self.paired is not None:
+            return self.paired.champion_accuracy
+        return self.champion.accuracy if self.champion is not None else None
+
+
+def _labelled(rows: Sequence[dict[str, Any]]) -> int:
+    return sum(1 for r in rows if r.get("feedback_label") is not None)
+
+
+def gather(ops: Any, task: str, language: str, canary: int, champion: int | None,
+           events: Sequence[dict[str, Any]], policy: CanaryPolicy,
+           allowed: Sequence[str]) -> LabelFreeEvidence | None:
+    """None when labels suffice, label-free evidence is not allowed, or `ops` cannot
+    calibrate (an Operations without `calibrator`)."""
+    if champion is None or not ({"estimate", "agreement"} & set(allowed)):
+        return None
+    calibrator = getattr(ops, "calibrator", None)
+    if calibrator is None:
+        return None
+    can_rows = [e for e in events if e.get("adapter_version") == canary]
+    champ_rows = [e for e in events if e.get("adapter_version") == champion]
+    need = policy.min_feedback_events
+    if "labels" in allowed and _labelled(can_rows) >= need and _labelled(champ_rows) >= need:
+        return None
+    cal_c, cal_h = calibrator(task, language, canary), calibrator(task, language, champion)
+    est_c = estimate_accuracy(cal_c, [r["confidence"] for r in can_rows]) if can_rows else None
+    est_h = (estimate_accuracy(cal_h, [r["confidence"] for r in champ_rows])
+             if champ_rows else None)
+    paired = None
+    texts = [e.get("text") for e in events]
+    predict = getattr(ops, "predict", None)
+    if predict is not None and texts and all(t is not None for t in texts):
+        lc, cc = predict(task, language, canary, texts)
+        lh, ch = predict(task, language, champion, texts)
+        paired = paired_estimate(lc, cc, lh, ch, cal_c, cal_h)
+    return LabelFreeEvidence(est_c, est_h, paired)
+
+
+def judge(evidence: LabelFreeEvidence, policy: CanaryPolicy,
+          allowed: Sequence[str]) -> Judgement:
+    margin, alpha, need = policy.max_accuracy_drop, policy.alpha, policy.min_estimate_events
+    paired = evidence.paired if evidence.paired and evidence.paired.n >= need else None
+    if "agreement" in allowed and paired is not None:
+        upper = paired.disagreement_upper(alpha)
+        if upper <= margin:
+            return Judgement("pass", f"canary and champion agree on {paired.agreement:.1%} of "
+                             f"{paired.n} requests: disagreement <= {upper:.3f} bounds any "
+                             f"accuracy drop below {margin}", "agreement")
+    if "estimate" in allowed:
+        if paired is not None:
+            return judge_difference(paired.difference, paired.std_error,
+                                    policy.estimate_tolerance, margin, alpha,
+                                    f"paired estimate on {paired.n} requests")
+        c, h = evidence.canary, evidence.champion
+        if c is not None and h is not None and min(c.n, h.n) >= need:
+            # two calibrations, each with its own doubt
+            return judge_difference(c.accuracy - h.accuracy,
+                                    math.hypot(c.std_error, h.std_error),
+                                    policy.estimate_tolerance * math.sqrt(2), margin, alpha,
+                                    f"estimates canary {c.accuracy:.3f} (n={c.n}) vs "
+                                    f"champion {h.accuracy:.3f} (n={h.n})")
+    return Judgement("inconclusive", f"label-free evidence ({', '.join(allowed)}) too thin: "
+                     f"need {need} requests", "none")
+
+
+def arm_estimate(ops: Any, task: str, language: str, version: int | None,
+                 rows: Sequence[dict[str, Any]], policy: CanaryPolicy,
+                 allowed: Sequence[str]) -> Estimate | None:
+    """CBPE estimate of one adapter on the events it served (the guard's label-free
+    evidence); None when labels suffice, estimates may not decide, or ops cannot calibrate."""
+    calibrator = getattr(ops, "calibrator", None)
+    if (version is None or calibrator is None or "estimate" not in allowed or not rows
+            or ("labels" in allowed and _labelled(rows) >= policy.min_feedback_events)):
+        return None
+    return estimate_accuracy(calibrator(task, language, version),
+                             [r["confidence"] for r in rows])

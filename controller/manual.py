@@ -1,0 +1,19 @@
+"""A person's commands that act on the controller's bookkeeping (not a registry change)."""
+
+from __future__ import annotations
+
+from controller.reconciler import CANARY, PAUSED, TrackState
+from registry.service import Registry
+
+
+def resume_canary(registry: Registry, task: str, language: str, now: float) -> None:
+    """`xlt canary resume`: a paused track continues its current step with a fresh window."""
+    from registry.errors import InvalidTransition
+
+    rows = [r for r in registry.status(task) if r["language"] == language]
+    if not rows or rows[0]["phase"] != PAUSED:
+        raise InvalidTransition(f"track {task}/{language} is not paused",
+                                "only a PAUSED canary can be resumed")
+    t = TrackState.from_status(rows[0])
+    data = {**t.data, "inconclusive": 0, "step_started_at": now, "last_analysis_at": now}
+    registry.set_phase(task, language, CANARY, data, t.revision, "resumed by hand")
