@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export XLT_HOME ?= $(CURDIR)/.xlt
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-upgrade test lint bench clean
 
 # torch first, from the local CPU wheel: a bare `torch` requirement would pull CUDA packages
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +21,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m controller.demo
+
+# the base upgrade to the multilingual base, end to end (slower: see README, Known limits)
+demo-upgrade: install
+	$(PY) -m controller.demo_upgrade
 
 test: install
 	$(PY) -m pytest

@@ -9,10 +9,14 @@ feedback, `pass` otherwise.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.policy import CanaryPolicy
+from controller.policy import ALL_EVIDENCE, CanaryPolicy
+
+if TYPE_CHECKING:
+    from controller.label_free import LabelFreeEvidence
 
 
 @dataclass(frozen=True)
@@ -50,25 +54,39 @@ class CanaryVerdict:
     champion: ArmStats
     p_value: float | None
     reason: str
+    evidence: str = "labels"  # which evidence decided: labels | estimate | agreement | none
+    label_free: dict[str, Any] | None = None
+    champion_estimate: float | None = None  # label-free: the champion's estimated accuracy
 
     def metrics(self) -> dict[str, Any]:
         return {"canary": {**asdict(self.canary), "accuracy": self.canary.accuracy},
                 "champion": {**asdict(self.champion), "accuracy": self.champion.accuracy},
-                "p_value": self.p_value, "reason": self.reason}
+                "p_value": self.p_value, "reason": self.reason, "evidence": self.evidence,
+                "label_free": self.label_free}
 
 
 def analyse(canary_rows: list[dict[str, Any]], champion_rows: list[dict[str, Any]],
-            policy: CanaryPolicy, champion_baseline: ArmStats | None = None) -> CanaryVerdict:
+            policy: CanaryPolicy, champion_baseline: ArmStats | None = None,
+            evidence: Sequence[str] = ALL_EVIDENCE,
+            label_free: LabelFreeEvidence | None = None) -> CanaryVerdict:
     """`champion_baseline`: the champion's figures from the previous step, used when the
-    champion has no traffic of its own (a 100% step)."""
+    champion has no traffic of its own (a 100% step). `evidence`: what may decide (the
+    policy's, per language); `label_free`: controller.label_free's evidence, used when
+    labelled events are too few (or labels may not decide)."""
     can, champ = arm_stats(canary_rows), arm_stats(champion_rows)
     need = policy.min_feedback_events
     if champ.labelled < need and champion_baseline is not None:
         champ = champion_baseline
-    if can.labelled < need or champ.labelled < need:
-        return CanaryVerdict("inconclusive", can, champ, None,
-                             f"feedback events canary {can.labelled}, champion {champ.labelled};"
-                             f" need {need} each")
+    if can.labelled < need or champ.labelled < need or "labels" not in evidence:
+        why = (f"feedback events canary {can.labelled}, champion {champ.labelled};"
+               f" need {need} each")
+        if label_free is None:
+            return CanaryVerdict("inconclusive", can, champ, None, why, "none")
+        from controller.label_free import judge
+
+        j = judge(label_free, policy, evidence)
+        return CanaryVerdict(j.verdict, can, champ, None, f"{why}; {j.reason}", j.evidence,
+                             label_free.to_dict(), label_free.champion_accuracy)
     p = two_proportion_p_value(can.correct, can.labelled, champ.correct, champ.labelled,
                                policy.max_accuracy_drop)
     drop = (champ.accuracy or 0) - (can.accuracy or 0)

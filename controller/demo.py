@@ -33,7 +33,7 @@ from controller.clock import ManualClock  # noqa: E402
 from controller.drift.simulator import Scenario, TrafficSimulator  # noqa: E402
 from controller.encoder import demo_base_dir  # noqa: E402
 from controller.live_ops import LiveOperations  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
+from controller.policy import Policy, load_policy  # noqa: E402
 from controller.reconciler import request_retrain  # noqa: E402
 from controller.scheduler import Controller  # noqa: E402
 from controller.serving import ModelCache, Server  # noqa: E402
@@ -125,7 +125,18 @@ def main() -> None:
                                   "drift check: stable (in cooldown)")):
                 click.echo(f"           {line}")
     drain(reg)
+    picture = languages_picture(reg, policy)
     finish(reg, home, time.monotonic() - began)
+    click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
+
+
+def languages_picture(reg: Registry, policy: Policy) -> str:
+    """The picture of the controlled languages on the base (README shows it)."""
+    from controller.reports.languages import report_languages
+
+    result = report_languages(reg, TASK, [t.language for t in policy.tracks if t.task == TASK],
+                              policy.base, reg.settings.reports_dir / "languages")
+    return str(result["png"])
 
 
 def finish(reg: Registry, home: Path, seconds: float) -> None:

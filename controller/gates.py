@@ -7,12 +7,15 @@ name, value, threshold, passed: what the gate report and `xlt history` show.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from controller.policy import GatePolicy
+from controller.estimation import Estimate, normal_quantile
+from controller.policy import CanaryPolicy, GatePolicy
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,41 @@ def evaluate_gates(candidate: dict[str, Any], champion: dict[str, Any] | None,
     for language, (accuracy, floor) in sorted((fairness or {}).items()):
         gates.append(Gate(f"fairness_{language}", accuracy, floor, accuracy >= floor))
     return gates
+
+
+# -- guard window after a promotion -------------------------------------------------------
+@dataclass(frozen=True)
+class GuardVerdict:
+    state: str  # ok | regression | waiting
+    reason: str
+    evidence: str  # labels | estimate | none
+
+
+def guard_verdict(rows: list[dict[str, Any]], baseline: float, max_drop: float,
+                  canary: CanaryPolicy, evidence: Sequence[str],
+                  estimate: Estimate | None = None) -> GuardVerdict:
+    """The new champion's live accuracy against the baseline it replaced: from feedback
+    labels when there are enough (and labels may decide), else from its CBPE estimate,
+    judged on the upper end of the estimate's interval (sampling error and calibration
+    tolerance), so a rollback needs confident evidence of a regression."""
+    labelled = [r for r in rows if r.get("feedback_label") is not None]
+    floor = baseline - max_drop
+    if "labels" in evidence and len(labelled) >= canary.min_feedback_events:
+        accuracy = sum(r["prediction"] == r["feedback_label"] for r in labelled) / len(labelled)
+        if accuracy >= floor:
+            return GuardVerdict("ok", f"guard window: accuracy {accuracy:.3f} (baseline "
+                                f"{baseline:.3f})", "labels")
+        return GuardVerdict("regression", f"regression in guard window: accuracy "
+                            f"{accuracy:.3f} < baseline {baseline:.3f} - {max_drop}", "labels")
+    if ("estimate" in evidence and estimate is not None
+            and estimate.n >= canary.min_estimate_events):
+        sigma = math.hypot(estimate.std_error, canary.estimate_tolerance)
+        high = estimate.accuracy + normal_quantile(1 - canary.alpha) * sigma
+        text = (f"estimated accuracy {estimate.accuracy:.3f} (upper {high:.3f}, "
+                f"n={estimate.n}, no labels) vs baseline {baseline:.3f} - {max_drop}")
+        if high < floor:
+            return GuardVerdict("regression", f"regression in guard window: {text}",
+                                "estimate")
+        return GuardVerdict("ok", f"guard window: {text}", "estimate")
+    return GuardVerdict("waiting", f"guard window: {len(labelled)} labelled events so far",
+                        "none")

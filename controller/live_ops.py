@@ -15,6 +15,7 @@ from controller.data import cldr
 from controller.drift.check import check_language
 from controller.drift.reference import build_reference, get_or_build, reference_key
 from controller.drift.store import RegistryReferenceStore, read_window, record_result
+from controller.drift.traffic_reference import traffic_reference
 from controller.operations import DriftOutcome
 from controller.policy import DriftPolicy, Policy
 from controller.serving import ModelCache
@@ -52,6 +53,7 @@ class LiveOperations:
         self.references = RegistryReferenceStore(registry)
         # evaluations of registered (immutable) adapters on the shipped test split
         self._evaluations: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._calibrators: dict[tuple[str, str, int], Any] = {}
 
     # -- drift -------------------------------------------------------------------------
     def _track(self, task: str, language: str) -> dict[str, Any]:
@@ -69,6 +71,12 @@ class LiveOperations:
         if champion:
             row = self.reg.query(queries.show_adapter, task, language, champion)
             langs = list(row["hyperparams"].get("data_languages") or [language])
+            report_id = row["hyperparams"].get("drift_report_id")
+            if report_id is not None:  # a drift retrain: the reference follows the traffic
+                traffic = traffic_reference(self, task, language, encoder_row["fingerprint"],
+                                            int(champion), int(report_id))
+                if traffic is not None:
+                    return traffic
         rows = cldr.load_split("test", langs)
         if len(rows) < 100:  # a tiny test split is its own noise: add the dev split
             rows = pd.concat([cldr.load_split("dev", langs), rows], ignore_index=True)
@@ -108,7 +116,8 @@ class LiveOperations:
         scores = {name: sig.get("score") for name, sig in result.to_dict()["signals"].items()
                   if isinstance(sig, dict)}
         log_drift_run(result.task, result.language, paths.get("json"), paths.get("html"),
-                      scores, verdict=result.verdict, target=self.reg, report_id=report_id)
+                      scores, verdict=result.verdict, target=self.reg, report_id=report_id,
+                      pictures=[paths["projection"]] if paths.get("projection") else [])
 
     # -- training and evaluation -------------------------------------------------------
     def train(self, task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -120,15 +129,20 @@ class LiveOperations:
                 if a["hyperparams"].get("job_id") == job_id:
                     return {"version": a["version"], "teacher": a["teacher_language"],
                             "accuracy": a["metrics"].get("accuracy"), "reused": True}
-        data_languages = [language]
-        if params.get("drift_report_id") is not None or params.get("with_variants"):
+        data_languages = list(params.get("data_languages") or [language])
+        if not params.get("data_languages") and (
+                params.get("drift_report_id") is not None or params.get("with_variants")):
             data_languages += dataset_variants(language)
         result = train_adapter(
-            self.reg, task, language, teacher=params.get("teacher"),
+            self.reg, task, language, base=params.get("base"), teacher=params.get("teacher"),
             epochs=params.get("epochs"), device=params.get("device", self.device),
             seed=int(params.get("seed", 0)), continue_from=params.get("continue_from"),
             data_languages=data_languages, shuffle_pairs=bool(params.get("shuffle_pairs")),
-            drift_report_id=params.get("drift_report_id"), job_id=job_id)
+            drift_report_id=params.get("drift_report_id"), job_id=job_id,
+            target_labels=bool(params.get("target_labels")),
+            target_label_weight=float(params.get("target_label_weight", 1.0)),
+            inputs_fingerprint=params.get("inputs_fingerprint"),
+            **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
         log_training_result(self.reg, task, language, result, params)
         return {"version": result["version"], "teacher": result["teacher"],
                 "accuracy": result["metrics"]["accuracy"],
@@ -182,11 +196,31 @@ class LiveOperations:
             out[lang] = (float(evaluation["accuracy"]), policy.fairness_floor_for(task, lang))
         return out
 
+    # -- label-free judgement (controller.label_free) -----------------------------------
+    def predict(self, task: str, language: str, version: int,
+                texts: list[str]) -> tuple[list[str], Any]:
+        return self.models.predict(task, language, version, texts)
+
+    def calibrator(self, task: str, language: str, version: int) -> Any:
+        """Isotonic confidence -> P(correct) of adapter `version`, fitted on the dev split of
+        what the track serves (its language and variants); CBPE assumes calibration."""
+        from controller.estimation import fit_calibrator
+
+        key = (task, language, version)
+        if key not in self._calibrators:
+            dev = cldr.load_split("dev", [language, *dataset_variants(language)])
+            labels, conf = self.models.predict(task, language, version, dev["text"].tolist())
+            self._calibrators[key] = fit_calibrator(
+                conf, [a == b for a, b in zip(labels, dev["label"], strict=True)])
+        return self._calibrators[key]
+
     # -- traffic -----------------------------------------------------------------------
     def live_events(self, task: str, language: str, since: float,
                     until: float) -> list[dict[str, Any]]:
         frame = read_window(self.reg, task, language, start=_dt(since), end=_dt(until))
-        cols = ["adapter_version", "prediction", "confidence", "feedback_label"]
+        # text and routing key: label-free analysis re-scores both arms on the same requests
+        cols = ["adapter_version", "prediction", "confidence", "feedback_label", "text",
+                "routing_key"]
         return frame[cols].to_dict(orient="records") if len(frame) else []
 
 

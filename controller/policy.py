@@ -12,9 +12,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.drift.signals import DriftThresholds
+from controller.drift.thresholds import DriftThresholds
 from registry.errors import InvalidInput
 from registry.languages import canonical_language
+
+
+def canonical_languages(values: list[str]) -> list[str]:
+    """BCP-47 tags canonicalised for a policy field; a bad tag is the field's error."""
+    try:
+        return [canonical_language(v) for v in values]
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from exc
 
 
 class Strict(BaseModel):
@@ -47,6 +55,14 @@ class CanaryPolicy(Strict):
     max_accuracy_drop: float = Field(0.05, ge=0, le=1)
     failure_limit: int = Field(0, ge=0, description="failed analyses tolerated before abort")
     inconclusive_limit: int = Field(3, ge=0, description="inconclusive analyses before pause")
+    # which evidence may decide a canary or guard verdict (per track: [tracks] evidence):
+    # labels: feedback labels (two-proportion test); estimate: accuracy estimated from the
+    # models' calibrated confidences (CBPE); agreement: canary and champion re-scored on
+    # the same requests. Label-free evidence is used only when labels are too few.
+    evidence: list[Evidence] = Field(default_factory=lambda: list(ALL_EVIDENCE))
+    min_estimate_events: int = Field(50, ge=1, description="events per arm for an estimate")
+    # calibration error allowed for on top of sampling error (the estimate's own doubt)
+    estimate_tolerance: float = Field(0.03, ge=0, le=1)
 
     @field_validator("steps")
     @classmethod
@@ -60,6 +76,10 @@ class CanaryPolicy(Strict):
         return steps
 
 
+Evidence = Literal["labels", "estimate", "agreement"]
+ALL_EVIDENCE: tuple[Evidence, ...] = ("labels", "estimate", "agreement")
+
+
 class TrainingPolicy(Strict):
     epochs: int = Field(6, ge=1)
     teacher: str | None = None  # None: English, or the nearest registered language by URIEL
@@ -68,11 +88,98 @@ class TrainingPolicy(Strict):
     device: str = "auto"
 
 
+class WebhookPolicy(Strict):
+    """One alert receiver: `format = "json"` posts the alert as a JSON object; "slack"
+    posts Slack's incoming-webhook body ({"text": ...}), which Mattermost and others accept."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    format: Literal["json", "slack"] = "json"
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
+class AlertsPolicy(Strict):
+    webhooks: list[WebhookPolicy] = Field(default_factory=list)
+    interval_s: float = Field(5.0, gt=0, description="how often deliveries are attempted")
+    retry_base_s: float = Field(1.0, gt=0, description="first retry delay; doubles, max 300 s")
+    lease_s: float = Field(60.0, gt=0, description="a claimed delivery is resent after this")
+    # alert events younger than this get rows for receivers they lack (added to the policy
+    # later, or written by a process that did not know the receivers)
+    catch_up_s: float = Field(3600.0, ge=0)
+    mirror_stuck_after_s: float = Field(900.0, gt=0,
+                                        description="outbox backlog older than this alerts")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertsPolicy:
+        names = [w.name for w in self.webhooks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook name {dupes[0]!r} is used twice; names must be unique")
+        return self
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        return tuple(w.name for w in self.webhooks)
+
+
+class MetricsPolicy(Strict):
+    # Prometheus exposition of `xlt controller run`; None: no metrics server
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class UpgradePolicy(Strict):
+    """Move controlled tracks to another base encoder: the controller files the request
+    (as `xlt encoder upgrade` would) and carries each track through the loop on it."""
+
+    base: str
+    languages: list[str] = Field(default_factory=list, description="empty: every track")
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        name, sep, version = value.partition("@")
+        if not (name and sep and version):
+            raise ValueError(f"base {value!r} is not NAME@VERSION")
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, values: list[str]) -> list[str]:
+        return canonical_languages(values)
+
+
+class AttemptPolicy(Strict):
+    """How a rejected candidate's next attempt differs, and how many there may be (per
+    track, base and champion) before the track is marked not servable on its base."""
+
+    max_attempts: int = Field(3, ge=1)
+    backoff_s: float = Field(1800.0, ge=0)  # wait before attempt 2; x factor after each
+    backoff_factor: float = Field(2.0, ge=1)
+    # the changes tried, in order, each on top of the best attempt so far
+    ladder: list[Literal["target_labels", "variants", "teacher", "epochs"]] = Field(
+        default_factory=lambda: ["target_labels", "variants", "teacher", "epochs"])
+    epoch_growth: float = Field(2.0, gt=1)
+    target_label_weight: float = Field(1.0, gt=0)  # cross-entropy weight on target labels
+
+
 class TrackPolicy(Strict):
     task: str
     language: str
     drift: DriftPolicy | None = None  # per-language thresholds
     fairness_floor: float | None = Field(None, ge=0, le=1)
+    evidence: list[Evidence] | None = None  # which evidence may decide its canary/guard
 
     @field_validator("language")
     @classmethod
@@ -102,14 +209,15 @@ class Policy(Strict):
     gates: GatePolicy = Field(default_factory=GatePolicy)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    alerts: AlertsPolicy = Field(default_factory=AlertsPolicy)
+    metrics: MetricsPolicy = Field(default_factory=MetricsPolicy)
+    upgrade: UpgradePolicy | None = None
+    attempts: AttemptPolicy = Field(default_factory=AttemptPolicy)
 
     @field_validator("no_text_languages")
     @classmethod
     def _languages(cls, values: list[str]) -> list[str]:
-        try:
-            return [canonical_language(v) for v in values]
-        except InvalidInput as exc:
-            raise ValueError(str(exc)) from exc
+        return canonical_languages(values)
 
     def keeps_text(self, language: str) -> bool:
         return canonical_language(language) not in self.no_text_languages
@@ -123,11 +231,25 @@ class Policy(Strict):
             seen.add((t.task, t.language))
         return self
 
+    def upgrade_wanted(self, task: str, language: str) -> str | None:
+        """The base the policy wants (task, language) on, if it asks for an upgrade."""
+        up = self.upgrade
+        if up is None or (up.languages and language not in up.languages):
+            return None
+        return up.base if any((t.task, t.language) == (task, language)
+                              for t in self.tracks) else None
+
     def drift_for(self, task: str, language: str) -> DriftPolicy:
         for t in self.tracks:
             if (t.task, t.language) == (task, language) and t.drift is not None:
                 return t.drift
         return self.drift
+
+    def evidence_for(self, task: str, language: str) -> list[Evidence]:
+        for t in self.tracks:
+            if (t.task, t.language) == (task, language) and t.evidence is not None:
+                return t.evidence
+        return self.canary.evidence
 
     def fairness_floor_for(self, task: str, language: str) -> float:
         for t in self.tracks:

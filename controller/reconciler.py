@@ -20,24 +20,28 @@ any point loses at most the work of the step in flight, which the next tick redo
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from controller import failpoints
+from controller import attempts, failpoints
+from controller.attempt_steps import AttemptSteps
 from controller.canary_analysis import ArmStats, analyse
 from controller.clock import Clock
 from controller.executors import Executor, InlineExecutor
-from controller.gates import evaluate_gates
+from controller.gates import evaluate_gates, guard_verdict
+from controller.label_free import arm_estimate, gather
 from controller.operations import Operations
+from controller.owner import pid_alive, worker_id
 from controller.policy import Policy, TrackPolicy
+from controller.upgrading import RESTARTABLE, UpgradeSteps
 from registry.commands import deployment, records
 from registry.errors import StaleRevision, XltError
 from registry.schema import Job
 from registry.service import Registry
+from registry.upgrades import UpgradeState
 
 log = logging.getLogger("xlt.controller")
 
@@ -54,31 +58,18 @@ class TrackState:
     champion: int | None
     canary: int | None
     canary_weight: float
+    upgrade: UpgradeState | None = None  # the track's active base upgrade, if any
+    base: str | None = None
 
     @classmethod
-    def from_status(cls, row: dict[str, Any]) -> TrackState:
+    def from_status(cls, row: dict[str, Any], upgrade: UpgradeState | None = None
+                    ) -> TrackState:
         return cls(row["task"], row["language"], row["phase"], dict(row["phase_data"] or {}),
-                   row["revision"], row["champion"], row["canary"], row["canary_weight"])
+                   row["revision"], row["champion"], row["canary"], row["canary_weight"],
+                   upgrade, row.get("base"))
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(owner: str | None) -> bool:
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True  # another machine's worker: trust it until its job times out
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-class Reconciler:
+class Reconciler(UpgradeSteps, AttemptSteps):
     def __init__(self, registry: Registry, policy: Policy, ops: Operations, clock: Clock,
                  actor: str = "controller", executor: Executor | None = None) -> None:
         self.reg = registry
@@ -91,8 +82,9 @@ class Reconciler:
     # -- the loop ----------------------------------------------------------------------
     def tick(self) -> list[str]:
         """One pass over every controlled track; returns what each did (for the log)."""
-        done = []
         rows = {(r["task"], r["language"]): r for r in self.reg.status()}
+        done = self.file_policy_upgrades(rows)
+        upgrades = self.active_upgrades()
         for tp in self.policy.tracks:
             row = rows.get((tp.task, tp.language))
             if row is None and self.policy.base:
@@ -103,7 +95,8 @@ class Reconciler:
                 done.append(f"{tp.task}/{tp.language}: no track in the registry (skipped)")
                 continue
             try:
-                outcome = self.step(TrackState.from_status(row), tp)
+                outcome = self.step(
+                    TrackState.from_status(row, upgrades.get((tp.task, tp.language))), tp)
             except StaleRevision:
                 outcome = "another writer changed the track; next tick"
             except XltError as exc:
@@ -138,22 +131,25 @@ class Reconciler:
         deployment.set_phase(uow, t.task, t.language, phase, data, expected, reason)
 
     def _steady_data(self, t: TrackState, **extra: Any) -> dict[str, Any]:
-        keep = {k: t.data[k] for k in ("last_check_at", "cooldown_until") if k in t.data}
+        keep = {k: t.data[k] for k in ("last_check_at", "cooldown_until", attempts.KEY)
+                if k in t.data}
         return {**keep, **extra}
 
     def _to_steady(self, t: TrackState, reason: str, *, cooldown: bool, expected: int | None,
-                   uow: Any = None, alert: str | None = None, **extra: Any) -> None:
+                   uow: Any = None, alert: str | None = None, alert_kind: str = "alert",
+                   **extra: Any) -> None:
         data = self._steady_data(t, **extra)
         if cooldown:
             data["cooldown_until"] = self.clock.now() + self.policy.cooldown_s
         if uow is None:
             with self._guarded(t) as own:
                 self._to_steady(t, reason, cooldown=cooldown, expected=expected, uow=own,
-                                alert=alert, **extra)
+                                alert=alert, alert_kind=alert_kind, **extra)
             return
         self._phase(uow, t, STEADY, data, reason, expected)
-        if alert:
-            uow.event("alert", task=t.task, language=t.language, reason=alert)
+        if alert:  # the kind lets webhooks and dashboards tell alerts apart
+            uow.event("alert", task=t.task, language=t.language, reason=alert,
+                      after={"kind": alert_kind})
 
     # -- STEADY ------------------------------------------------------------------------
     def _steady(self, t: TrackState, tp: TrackPolicy) -> str:
@@ -161,6 +157,10 @@ class Reconciler:
         guard = t.data.get("guard")
         if guard:
             return self._guard(t, guard, now)
+        if t.upgrade is not None and t.upgrade.status in RESTARTABLE:
+            return self.start_upgrade_training(t, now)
+        if (pending := self._attempt_due(t, now)) is not None:  # a retry, or not servable
+            return pending
         if t.champion is None and now >= float(t.data.get("cooldown_until", 0)):
             return self._start_training(t, now, "no champion yet: train the first one", None,
                                         [])
@@ -169,8 +169,11 @@ class Reconciler:
         outcome = self.ops.check_drift(t.task, t.language,
                                        self.policy.drift_for(t.task, t.language))
         cooling = now < float(t.data.get("cooldown_until", 0))
-        if outcome.verdict != "drift" or cooling:
+        # a pending retry answers the drift; an exhausted plan waits for a new champion/base
+        settled = attempts.settled(t.data, t.base or "", t.champion)
+        if outcome.verdict != "drift" or cooling or settled:
             why = f"drift check: {outcome.verdict}" + (" (in cooldown)" if cooling else "")
+            why += f" (attempts {settled})" if settled and not cooling else ""
             with self._guarded(t) as uow:
                 self._phase(uow, t, STEADY, {**t.data, "last_check_at": now}, why, t.revision)
             return why
@@ -181,15 +184,26 @@ class Reconciler:
     def _start_training(self, t: TrackState, now: float, reason: str,
                         report_id: int | None, signals: list[str],
                         extra: dict[str, Any] | None = None) -> str:
-        params = training_params(self.policy, t, report_id, extra)
+        plan, opts, seen = self._attempt_context(t, report_id)
+        first = attempts.first_inputs(self.policy, t.base or "", t.language, t.champion,
+                                      opts.teacher, opts.variants, report_id is not None, extra)
+        chosen = attempts.next_inputs(plan, self.policy, opts, seen, first)
+        if chosen is None or len(plan.attempts) >= self.policy.attempts.max_attempts:
+            # every input set within reach was trained before: never train it again
+            plan = attempts.failed(plan, None, "rejected", [], {}, now, self.policy, False)
+            return self._exhausted(t, plan, None, f"nothing new to train ({reason})")
+        inputs, change = chosen
+        params = {**training_params(self.policy, t, report_id, extra), **inputs.params()}
         with self._guarded(t) as uow:
             job = records.create_job(uow, "train", params, self.policy.executor, t.task,
                                      t.language)
+            plan = attempts.begin(plan, inputs, change, job.id)
             self._phase(uow, t, RETRAINING,
                         {**self._steady_data(t), "job_id": job.id, "attempt": 1,
-                         "last_check_at": now, "drift_report_id": report_id}, reason,
-                        t.revision)
-        return f"{reason} (job {job.id})"
+                         "last_check_at": now, "drift_report_id": report_id,
+                         attempts.KEY: plan.to_dict()},
+                        f"{reason}: attempt {len(plan.attempts)} ({change})", t.revision)
+        return f"{reason} (job {job.id}, attempt {len(plan.attempts)}: {change})"
 
     def _guard(self, t: TrackState, guard: dict[str, Any], now: float) -> str:
         if now > float(guard["until"]):
@@ -199,19 +213,18 @@ class Reconciler:
             return "guard window over"
         rows = [r for r in self.ops.live_events(t.task, t.language, float(guard["since"]), now)
                 if r.get("adapter_version") == t.champion]
-        labelled = [r for r in rows if r.get("feedback_label") is not None]
-        if len(labelled) < self.policy.canary.min_feedback_events:
-            return f"guard window: {len(labelled)} labelled events so far"
-        accuracy = sum(r["prediction"] == r["feedback_label"] for r in labelled) / len(labelled)
-        baseline = float(guard["baseline_accuracy"])
-        if accuracy >= baseline - self.policy.guard_max_accuracy_drop:
-            return f"guard window: accuracy {accuracy:.3f} (baseline {baseline:.3f})"
-        reason = (f"regression in guard window: accuracy {accuracy:.3f} < baseline "
-                  f"{baseline:.3f} - {self.policy.guard_max_accuracy_drop}")
+        allowed = self.policy.evidence_for(t.task, t.language)
+        judged = guard_verdict(rows, float(guard["baseline_accuracy"]),
+                               self.policy.guard_max_accuracy_drop, self.policy.canary, allowed,
+                               arm_estimate(self.ops, t.task, t.language, t.champion, rows,
+                                            self.policy.canary, allowed))
+        if judged.state != "regression":
+            return judged.reason
+        reason = judged.reason
         with self._guarded(t) as uow:
             deployment.rollback(uow, t.task, t.language, None, t.revision, reason)
             self._to_steady(t, "rolled back", cooldown=True, expected=None, uow=uow,
-                            alert=reason)
+                            alert=reason, alert_kind="rollback")
         return "rolled back: " + reason
 
     # -- RETRAINING --------------------------------------------------------------------
@@ -258,12 +271,14 @@ class Reconciler:
             records.update_job(uow, job_id, "succeeded", result=result)
             self._phase(uow, t, GATING, {**t.data, "candidate": int(result["version"])},
                         f"trained v{result['version']}", t.revision)
+            self.upgrade_trained(uow, t, int(result["version"]))
         return f"trained candidate v{result['version']}"
 
     def _trained(self, t: TrackState, version: int) -> str:
         with self._guarded(t) as uow:
             self._phase(uow, t, GATING, {**t.data, "candidate": version},
                         f"trained v{version}", t.revision)
+            self.upgrade_trained(uow, t, version)
         return f"candidate v{version} to gates"
 
     def _train_failed(self, t: TrackState, params: dict[str, Any], error: str) -> str:
@@ -276,9 +291,12 @@ class Reconciler:
                             {**t.data, "job_id": job.id, "attempt": attempt + 1},
                             f"retry after: {error}", t.revision)
             return f"retrying training (attempt {attempt + 1})"
-        self._to_steady(t, "training failed", cooldown=True, expected=t.revision,
-                        alert=f"training failed after {attempt} attempts: {error}")
-        return "training failed: back to STEADY"
+        with self._guarded(t) as uow:
+            note = self.upgrade_failed(uow, t, f"training failed: {error}")
+            self._to_steady(t, "training failed", cooldown=True, expected=t.revision, uow=uow,
+                            alert=f"training failed after {attempt} attempts: {error}{note}",
+                            alert_kind="training_failed")
+        return "training failed: back to STEADY" + note
 
     # -- GATING ------------------------------------------------------------------------
     def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
@@ -293,14 +311,22 @@ class Reconciler:
         log_gates = getattr(self.ops, "log_gates", None)
         if log_gates is not None:  # the MLflow evaluation run; never blocks the step
             log_gates(t.task, t.language, version, candidate, report)
+        # an upgrade candidate that fails leaves the track on its base (no attempt ladder)
+        plan = (self._after_failure(t, version, "rejected", failed, attempts.figures_of(report))
+                if failed and not self.upgrade_job(t) else None)
         with self._guarded(t) as uow:
             records.record_gate_result(uow, t.task, t.language, version, report)
             if failed:
                 reason = f"gates failed: {', '.join(failed)}"
                 deployment.reject(uow, t.task, t.language, version, reason)
+                note = (f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
+                        if self.upgrade_job(t) else "")
+                if plan is not None:  # the next attempt differs; one alert once exhausted
+                    return self._rejected(t, plan, uow, reason, version)
                 self._to_steady(t, reason, cooldown=True, expected=None, uow=uow,
-                                alert=f"candidate v{version} rejected: {reason}")
-                return f"v{version} rejected ({', '.join(failed)})"
+                                alert=f"candidate v{version} rejected: {reason}{note}",
+                                alert_kind="gates_failed")
+                return f"v{version} rejected ({', '.join(failed)}){note}"
             deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
             if t.champion is None:
                 deployment.promote(uow, t.task, t.language, version, t.revision,
@@ -329,14 +355,21 @@ class Reconciler:
             return f"canary step {t.data['step'] + 1} at {t.canary_weight:g}%: waiting"
         events = self.ops.live_events(t.task, t.language, float(t.data["step_started_at"]), now)
         baseline = t.data.get("champion_stats")
+        allowed = self.policy.evidence_for(t.task, t.language)
         verdict = analyse([e for e in events if e.get("adapter_version") == version],
                           [e for e in events if e.get("adapter_version") == t.champion],
                           self.policy.canary,
-                          ArmStats(**baseline) if baseline else None)
+                          ArmStats(**baseline) if baseline else None, allowed,
+                          gather(self.ops, t.task, t.language, version, t.champion, events,
+                                 self.policy.canary, allowed))
         step = int(t.data["step"])
         data = {**t.data, "last_analysis_at": now}
         if verdict.champion.labelled >= self.policy.canary.min_feedback_events:
             data["champion_stats"] = asdict(verdict.champion)  # the 100% step compares to it
+        aborting = verdict.verdict == "fail" and (
+            int(data.get("failures", 0)) + 1 > self.policy.canary.failure_limit)
+        plan = (self._after_failure(t, version, "aborted", ["canary"], {})
+                if aborting and not self.upgrade_job(t) else None)
         with self._guarded(t) as uow:
             records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
                                            verdict.metrics(), verdict.verdict)
@@ -346,8 +379,12 @@ class Reconciler:
                 data["failures"] = int(data.get("failures", 0)) + 1
                 if data["failures"] > self.policy.canary.failure_limit:
                     deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
+                    note = (f"; upgrade to {t.upgrade.to_base} failed" if self.upgrade_job(t)
+                            else "")
                     self._to_steady(t, "canary aborted", cooldown=True, expected=None, uow=uow,
-                                    alert=f"canary v{version} aborted: {verdict.reason}")
+                                    alert=f"canary v{version} aborted: {verdict.reason}{note}",
+                                    alert_kind="canary_aborted",
+                                    **({attempts.KEY: plan.to_dict()} if plan else {}))
                     return f"canary aborted: {verdict.reason}"
                 self._phase(uow, t, CANARY, {**data, "step_started_at": now},
                             f"canary analysis failed ({data['failures']})", t.revision)
@@ -357,7 +394,8 @@ class Reconciler:
                 self._phase(uow, t, PAUSED, data, f"paused: {verdict.reason}", t.revision)
                 uow.event("alert", task=t.task, language=t.language,
                           reason=f"canary v{version} paused: {verdict.reason}; "
-                                 "run `xlt canary resume` or `xlt canary abort`")
+                                 "run `xlt canary resume` or `xlt canary abort`",
+                          after={"kind": "canary_paused"})
                 return "canary paused (inconclusive)"
             self._phase(uow, t, CANARY, data, f"inconclusive: {verdict.reason}", t.revision)
             return f"canary inconclusive: {verdict.reason}"
@@ -374,7 +412,8 @@ class Reconciler:
             return f"canary step {step + 1} passed: weight {weight:g}%"
         deployment.promote(uow, t.task, t.language, version, t.revision,
                            f"canary passed all {len(steps)} steps")
-        baseline = verdict.champion.accuracy if verdict.champion.accuracy is not None else 0.0
+        baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
+                         if a is not None), 0.0)
         guard = {"until": now + self.policy.guard_window_s, "since": now, "version": version,
                  "baseline_accuracy": baseline}
         self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
@@ -420,15 +459,3 @@ def request_retrain(registry: Registry, policy: Policy, task: str, language: str
                               "job_id": job.id, "attempt": 1}, None, reason)
     return job.id
 
-
-def resume_canary(registry: Registry, task: str, language: str, now: float) -> None:
-    """`xlt canary resume`: a paused track continues its current step with a fresh window."""
-    from registry.errors import InvalidTransition
-
-    rows = [r for r in registry.status(task) if r["language"] == language]
-    if not rows or rows[0]["phase"] != PAUSED:
-        raise InvalidTransition(f"track {task}/{language} is not paused",
-                                "only a PAUSED canary can be resumed")
-    t = TrackState.from_status(rows[0])
-    data = {**t.data, "inconclusive": 0, "step_started_at": now, "last_analysis_at": now}
-    registry.set_phase(task, language, CANARY, data, t.revision, "resumed by hand")

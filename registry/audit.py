@@ -19,6 +19,7 @@ def track_state(track: Track) -> dict[str, Any]:
         "previous_champion_id": track.previous_champion_id,
         "revision": track.revision,
         "phase": track.phase,
+        "unservable_on": track.unservable_on,
     }
 
 

@@ -13,7 +13,7 @@ from registry.audit import track_state
 from registry.schema import Event, Track
 
 STATE_KEYS = ("base_encoder_id", "champion_id", "canary_id", "canary_weight",
-              "previous_champion_id", "revision", "phase")
+              "previous_champion_id", "revision", "phase", "unservable_on")
 
 
 def replay_track(session: Session, track_id: int) -> dict[str, Any] | None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import langcodes
-
 from registry.errors import InvalidLanguage
 
 
@@ -15,6 +13,8 @@ def canonical_language(tag: str) -> str:
     raw = (tag or "").strip()
     if not raw:
         raise InvalidLanguage("empty language tag", "give a BCP-47 tag such as sw, yo or sr-Latn")
+    import langcodes  # on use: its tables cost ~40 ms, and `xlt status` needs no tag
+
     candidate = raw.replace("_", "-")
     try:
         parsed = langcodes.Language.get(candidate, normalize=False)

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.errors import NotFound
 from registry.languages import canonical_language
-from registry.schema import Adapter, BaseEncoder, Dataset, Event, Track
+from registry.schema import Adapter, BaseEncoder, BaseUpgrade, Dataset, Event, Track
+from registry.upgrades import UpgradeState
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -121,6 +122,9 @@ def status(s: Session, task: str | None = None) -> list[dict[str, Any]]:
             "previous": versions.get(t.previous_champion_id) if t.previous_champion_id else None,
             "phase": t.phase, "phase_data": t.phase_data, "revision": t.revision,
             "updated_at": _iso(t.updated_at),
+            # only while it names the track's current base (a base upgrade lifts it)
+            "not_servable_on": (t.unservable_on if t.unservable_on
+                                and t.unservable_on == bases.get(t.base_encoder_id) else None),
         })
     return rows
 
@@ -136,10 +140,28 @@ def history(s: Session, task: str | None = None, language: str | None = None,
     return events[-limit:] if limit else events
 
 
+def upgrades(s: Session, ref: str | None = None, task: str | None = None
+             ) -> list[UpgradeState]:
+    """Every track's newest upgrade (to base `ref` when given), typed."""
+    from registry.commands.upgrade import upgrade_state
+
+    q = select(BaseUpgrade).order_by(BaseUpgrade.id)
+    if ref is not None:
+        q = q.where(BaseUpgrade.to_encoder_id == encoder_by_ref(s, ref).id)
+    newest: dict[int, BaseUpgrade] = {}
+    for row in s.scalars(q):
+        newest[row.track_id] = row
+    states = [upgrade_state(s, row) for row in newest.values()]
+    return sorted((u for u in states if task is None or u.task == task),
+                  key=lambda u: (u.task, u.language))
+
+
 def impact(s: Session, ref: str) -> list[dict[str, Any]]:
     """If every track moved to base `ref`: per track, which of its live adapters (champion,
-    canary, previous champion) stay compatible and which must be retrained."""
+    canary, previous champion) stay compatible and which must be retrained, and where the
+    track's upgrade to `ref` stands (None when none was requested)."""
     target = encoder_by_ref(s, ref)
+    progress = {(u.task, u.language): u.to_dict() for u in upgrades(s, ref)}
     bases = _base_refs(s)
     rows = []
     for t in s.scalars(select(Track).order_by(Track.task, Track.language)):
@@ -156,5 +178,6 @@ def impact(s: Session, ref: str) -> list[dict[str, Any]]:
         rows.append({"task": t.task, "language": t.language,
                      "current_base": bases.get(t.base_encoder_id), "target_base": target.ref,
                      "target_fingerprint": target.fingerprint,
-                     "compatible": compatible, "retrain": retrain})
+                     "compatible": compatible, "retrain": retrain,
+                     "upgrade": progress.get((t.task, t.language))})
     return rows

@@ -4,6 +4,10 @@ The canary serves a key when hash(routing_key, canary) mod 10000 < weight * 100,
 champion: sticky per key for one canary. A language without a champion falls back to its
 parent tags (sr-Latn -> sr), then to the bare base encoder.
 
+Each resolution names the base to serve on: the served adapter's own base. During a base
+upgrade's canary the champion runs on the old base and the canary on the new one, so two
+requests of one track can need two bases (DESIGN.md, base upgrades).
+
 `resolve` is one indexed query. `CachedResolver` keeps routes in memory and re-validates
 them against the newest event id (every state change appends an event) at most every
 `ttl` seconds, so a promotion made by another process is seen within `ttl`.
@@ -30,13 +34,15 @@ class Route:
     """The routing-relevant part of one track (what the cache keeps)."""
 
     language: str
-    base: str
+    base: str  # the track's base
     champion_version: int | None
     champion_sha256: str | None
     canary_id: int | None
     canary_version: int | None
     canary_sha256: str | None
     canary_weight: float
+    champion_base: str | None = None  # each adapter's own base (differs during an upgrade)
+    canary_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,9 @@ class Resolution:
     version: int | None
     role: str  # champion | canary | base
     via: str  # exact | parent | base
-    base: str | None
+    base: str | None  # the base to serve on: the served adapter's own
     artifact_sha256: str | None
+    track_base: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,13 +67,17 @@ def in_canary(routing_key: str, canary_id: int, weight: float) -> bool:
 
 
 _champ, _canary = aliased(Adapter), aliased(Adapter)
+_champ_base, _canary_base = aliased(BaseEncoder), aliased(BaseEncoder)
 _ROUTES = (
     select(Track.language, BaseEncoder.name, BaseEncoder.version, _champ.version,
            _champ.artifact_sha256, Track.canary_id, _canary.version, _canary.artifact_sha256,
-           Track.canary_weight)
+           Track.canary_weight, _champ_base.name, _champ_base.version, _canary_base.name,
+           _canary_base.version)
     .join(BaseEncoder, BaseEncoder.id == Track.base_encoder_id)
     .outerjoin(_champ, _champ.id == Track.champion_id)
     .outerjoin(_canary, _canary.id == Track.canary_id)
+    .outerjoin(_champ_base, _champ_base.id == _champ.base_encoder_id)
+    .outerjoin(_canary_base, _canary_base.id == _canary.base_encoder_id)
     .where(Track.task == bindparam("task"),
            Track.language.in_(bindparam("languages", expanding=True)))
 )
@@ -77,7 +88,11 @@ _NEWEST_BASE = select(BaseEncoder.name, BaseEncoder.version).order_by(
 def load_routes(db: Database, task: str, languages: list[str]) -> dict[str, Route]:
     with db.read_engine.connect() as conn:
         rows = conn.execute(_ROUTES, {"task": task, "languages": languages}).all()
-    return {r[0]: Route(r[0], f"{r[1]}@{r[2]}", r[3], r[4], r[5], r[6], r[7], r[8] or 0.0)
+    def ref(name: str | None, version: str | None) -> str | None:
+        return f"{name}@{version}" if name else None
+
+    return {r[0]: Route(r[0], f"{r[1]}@{r[2]}", r[3], r[4], r[5], r[6], r[7], r[8] or 0.0,
+                        ref(r[9], r[10]), ref(r[11], r[12]))
             for r in rows}
 
 
@@ -97,11 +112,13 @@ def choose(task: str, language: str, chain: list[str], routes: dict[str, Route],
         if route.canary_id is not None and in_canary(routing_key, route.canary_id,
                                                      route.canary_weight):
             return Resolution(task, language, lang, route.canary_version, "canary", via,
-                              route.base, route.canary_sha256)
+                              route.canary_base or route.base, route.canary_sha256,
+                              route.base)
         return Resolution(task, language, lang, route.champion_version, "champion", via,
-                          route.base, route.champion_sha256)
+                          route.champion_base or route.base, route.champion_sha256,
+                          route.base)
     base = next((routes[lang].base for lang in chain if lang in routes), fallback_base)
-    return Resolution(task, language, None, None, "base", "base", base, None)
+    return Resolution(task, language, None, None, "base", "base", base, None, base)
 
 
 def resolve(db: Database, task: str, language: str, routing_key: str) -> Resolution:

@@ -135,6 +135,10 @@ class Track(Base):
     phase: Mapped[str] = mapped_column(String(20), default="STEADY")
     phase_data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # "not servable on <base>": the base ref (name@version) on which every attempt to train
+    # this track failed its gates; routing serves the fallback while it equals the track's
+    # base (a base upgrade lifts it by itself; registry.commands.servability clears it)
+    unservable_on: Mapped[str | None] = mapped_column(String(301))
 
 
 class Event(Base):
@@ -160,7 +164,8 @@ class OutboxMessage(Base):
     """One row per event for the MLflow mirror; drained in id order per track, with retries."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_pending", "delivered_at", "id"),)
+    __table_args__ = (Index("ix_outbox_pending", "delivered_at", "id"),
+                      Index("ix_outbox_key", "ordering_key", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
@@ -172,6 +177,9 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # a drain's lease on the row while it delivers it (registry.commands.outbox.claim)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
@@ -270,3 +278,45 @@ class ReferenceCache(Base):
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlertDelivery(Base):
+    """One `alert` event's delivery to one webhook receiver: written in the same transaction
+    as the event (or caught up from it), claimed by one dispatcher, marked after a 2xx."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "receiver"),
+                      Index("ix_alert_deliveries_status_next", "status", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    receiver: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|delivered
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # a claim is a lease: a dispatcher that dies mid-send loses it when it expires
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+class BaseUpgrade(Base):
+    """One track's move to another base encoder, requested by a person or the policy and
+    carried through the loop by the controller. At most one is active per track (the
+    command checks it under the track's lock); done/failed/rolled_back rows stay as history."""
+
+    __tablename__ = "base_upgrades"
+    __table_args__ = (Index("ix_base_upgrades_track_id_id", "track_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"))
+    from_encoder_id: Mapped[int] = mapped_column(ForeignKey("base_encoders.id"))
+    to_encoder_id: Mapped[int] = mapped_column(ForeignKey("base_encoders.id"))
+    # pending, training, gating, canary, done, failed, rolled_back (registry.upgrades)
+    status: Mapped[str] = mapped_column(String(20))
+    candidate_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

