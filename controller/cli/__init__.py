@@ -47,9 +47,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # our pyfunc takes a DataFrame and logs an explicit signature, so MLflow's advice to add
-    # type hints for inferred validation does not apply
-    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
 
 
 def fail(message: str, code: int) -> None:
@@ -84,9 +81,11 @@ def main() -> None:
 from controller.cli import (  # noqa: E402,F401
     controller_cmds,
     drift_cmds,
+    encoder_cmds,
     mlflow_cmds,
     registry_cmds,
     report_cmds,
     serve_cmds,
+    setup_cmds,
     train_cmds,
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from registry.settings import load_settings
 
 if TYPE_CHECKING:
@@ -35,3 +37,7 @@ def load_policy(path: str | None) -> Any:
     from controller.policy import load_policy as load
 
     return load(path)
+
+
+# every command module takes the same context object
+pass_app = click.make_pass_decorator(AppContext)

@@ -10,11 +10,9 @@ from datetime import datetime
 import click
 
 from controller.cli import cli
-from controller.cli.context import AppContext, load_policy
+from controller.cli.context import AppContext, load_policy, pass_app
 from controller.cli.options import lang_option, task_option
 from controller.cli.registry_cmds import canary
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @cli.group()

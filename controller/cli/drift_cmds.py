@@ -7,11 +7,9 @@ from pathlib import Path
 import click
 
 from controller.cli import cli, fail
-from controller.cli.context import AppContext, load_policy
+from controller.cli.context import AppContext, load_policy, pass_app
 from controller.cli.options import json_option, lang_list
 from controller.cli.output import emit_json, emit_table
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @cli.group()

@@ -8,11 +8,9 @@ import subprocess
 import click
 
 from controller.cli import cli
-from controller.cli.context import AppContext
+from controller.cli.context import AppContext, pass_app
 from controller.cli.options import json_option
 from controller.cli.output import emit_json, emit_table
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @cli.group()

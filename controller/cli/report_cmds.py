@@ -7,13 +7,11 @@ from pathlib import Path
 import click
 
 from controller.cli import cli
-from controller.cli.context import AppContext
+from controller.cli.context import AppContext, pass_app
 from controller.cli.options import json_option, lang_list
 from controller.cli.output import emit_json, emit_table
 from controller.policy import load_policy
 from registry.errors import InvalidInput
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @cli.group()

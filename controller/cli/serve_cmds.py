@@ -7,12 +7,10 @@ import logging
 import click
 
 from controller.cli import cli
-from controller.cli.context import AppContext
+from controller.cli.context import AppContext, pass_app
 from controller.mlflow_mirror.server import port_free
 from controller.policy import load_policy
 from registry.errors import InvalidInput
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @cli.command()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import click
 
 from controller.cli import cli
-from controller.cli.context import AppContext
+from controller.cli.context import AppContext, pass_app
 from controller.cli.options import json_option, lang_option, task_option
 from controller.cli.output import emit_json, emit_record, emit_table
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @cli.command()
