@@ -46,8 +46,11 @@ def _advisory_holders(url: str, key: int) -> list[int]:
     try:
         with engine.connect() as conn:
             return [r[0] for r in conn.execute(text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
-                "AND granted"), {"k": key})]
+                # advisory locks are per database: another database on the same server
+                # (a concurrent test run) may hold the same key
+                "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND l.objid = :k AND l.granted "
+                "AND d.datname = current_database()"), {"k": key})]
     finally:
         engine.dispose()
 
