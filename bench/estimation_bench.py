@@ -280,7 +280,8 @@ def main() -> int:
             figures[f"{k}_within_3pt_label_shift"] = share(errors[k], flags)
             figures[f"{k}_median_abs_error"] = round(float(np.median(np.abs(errors[k]))), 4)
     figures.update({
-        "canary_runs": len(canary), "canary_correct_share": round(float(np.mean(right)), 4),
+        "canary_runs": len(canary),
+        "canary_correct_share": round(float(np.mean(right)), 4) if right else None,
         "canary_better_pass": sum(c["verdict"] == "pass" for c in canary
                                   if c["expected"] == "pass"),
         "canary_worse_fail": sum(c["verdict"] == "fail" for c in canary
