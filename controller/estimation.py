@@ -57,14 +57,22 @@ class Calibrator:
 
 
 def fit_calibrator(confidences: Sequence[float] | np.ndarray,
-                   correct: Sequence[bool] | np.ndarray) -> Calibrator:
+                   correct: Sequence[bool] | np.ndarray,
+                   weights: Sequence[float] | np.ndarray | None = None) -> Calibrator:
+    """`weights` (one per row, >= 0) reweight the calibration rows, e.g. by
+    `label_shift_weights` of each row's true class."""
     from sklearn.isotonic import IsotonicRegression
 
     conf = np.asarray(confidences, dtype=np.float64)
     hit = np.asarray(correct, dtype=np.float64)
     if conf.size == 0 or conf.shape != hit.shape:
         raise ValueError("calibration needs one correctness flag per confidence")
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(conf, hit)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if w is not None and (w.shape != conf.shape or not np.all(w >= 0) or w.sum() <= 0):
+        raise ValueError("calibration weights must be one non-negative number per row, "
+                         "not all zero")
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+        conf, hit, sample_weight=w)
     return Calibrator(tuple(map(float, iso.X_thresholds_)),
                       tuple(map(float, iso.y_thresholds_)), int(conf.size))
 
@@ -95,6 +103,39 @@ def cross_fitted_calibrator(groups: Sequence[Any],
         confs.append(np.asarray(conf, dtype=np.float64))
         hits.append(np.asarray(hit, dtype=np.float64))
     return fit_calibrator(np.concatenate(confs), np.concatenate(hits))
+
+
+def label_shift_weights(true_labels: Sequence[int] | np.ndarray,
+                        predicted_labels: Sequence[int] | np.ndarray,
+                        window_predictions: Sequence[int] | np.ndarray, classes: int,
+                        ridge: float = 1e-3) -> np.ndarray:
+    """Class weights w[y] = q_window(y) / p_calibration(y) under label shift, from the
+    window's predicted labels only (what the traffic log keeps).
+
+    Black-box shift estimation (Lipton, Wang and Smola, "Detecting and Correcting for Label
+    Shift with Black Box Predictors", ICML 2018): with C[i, j] = P_cal(predicted i, true j)
+    and mu[i] = P_window(predicted i), C w = mu. Solved regularised as RLLS does
+    (Azizzadenesheli et al., "Regularized Learning for Domain Adaptation under Label
+    Shifts", ICLR 2019): w = 1 + theta, theta = argmin |C theta - (mu - C 1)|^2 +
+    ridge |theta|^2, clipped at 0; weak models make C near-singular, and the ridge pulls
+    w towards "no shift" there. `ridge` 1e-3 was chosen on es, ru, id and tr (see
+    bench/estimation_bench.py), not on the languages the README reports."""
+    y = np.asarray(true_labels, dtype=np.int64)
+    yhat = np.asarray(predicted_labels, dtype=np.int64)
+    window = np.asarray(window_predictions, dtype=np.int64)
+    if y.size == 0 or y.shape != yhat.shape or window.size == 0:
+        raise ValueError("label-shift weights need calibration rows (true and predicted "
+                         "labels) and a non-empty window of predicted labels")
+    if min(y.min(), yhat.min(), window.min()) < 0 or max(
+            y.max(), yhat.max(), window.max()) >= classes:
+        raise ValueError(f"labels must be class indices in [0, {classes})")
+    joint = np.zeros((classes, classes))
+    np.add.at(joint, (yhat, y), 1.0)
+    joint /= y.size
+    mu = np.bincount(window, minlength=classes) / window.size
+    theta = np.linalg.solve(joint.T @ joint + ridge * np.eye(classes),
+                            joint.T @ (mu - joint.sum(axis=1)))
+    return np.maximum(1.0 + theta, 0.0)
 
 
 @dataclass(frozen=True)

@@ -202,3 +202,40 @@ def test_cross_fitted_calibrator_holds_out_every_group_once() -> None:
     assert cal([0.2])[0] == 0.0 and cal([0.8])[0] == 1.0
     with pytest.raises(ValueError, match="groups"):
         cross_fitted_calibrator(groups[:4], fit_score, folds=5)
+
+
+def test_label_shift_weights_recover_a_known_shift() -> None:
+    """BBSE/RLLS on a classifier that is right on 3 classes and confuses the last two
+    evenly: weights come from the predicted labels only, recover q(y)/p(y) where the
+    confusion matrix can be inverted, and a large ridge pulls them to "no shift"."""
+    from controller.estimation import label_shift_weights
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 4000)
+    yhat = np.where(y < 2, y, 2 + rng.integers(0, 2, y.size))  # classes 2 and 3 mixed up
+    prior = np.bincount(y, minlength=4) / y.size
+    target = np.array([0.55, 0.05, 0.2, 0.2])
+    window_y = rng.choice(4, 3000, p=target)
+    window = np.where(window_y < 2, window_y, 2 + rng.integers(0, 2, window_y.size))
+    w = label_shift_weights(y, yhat, window, 4, ridge=1e-6)
+    assert np.allclose(w[:2], target[:2] / prior[:2], rtol=0.12)
+    # 2 and 3 are not told apart: only their total mass is identified
+    assert abs((w[2:] * prior[2:]).sum() - 0.4) < 0.05
+    assert np.allclose(label_shift_weights(y, yhat, window, 4, ridge=1e3), 1.0, atol=0.01)
+    with pytest.raises(ValueError, match="class indices"):
+        label_shift_weights(y, yhat, window + 1, 4)
+    with pytest.raises(ValueError, match="non-empty window"):
+        label_shift_weights(y, yhat, [], 4)
+
+
+def test_weighted_calibrator_counts_rows_by_weight() -> None:
+    """Zero weight drops a row; a weight of 2 counts it twice; bad weights are refused."""
+    conf = np.array([0.2, 0.4, 0.6, 0.8, 0.8])
+    hit = np.array([False, True, False, True, False])
+    dropped = fit_calibrator(conf, hit, weights=[1, 1, 1, 1, 0])
+    assert np.allclose(dropped([0.2, 0.4, 0.6, 0.8]),
+                       fit_calibrator(conf[:4], hit[:4])([0.2, 0.4, 0.6, 0.8]))
+    doubled = fit_calibrator(conf, hit, weights=[1, 1, 1, 2, 1])
+    assert np.allclose(doubled([0.8]), fit_calibrator(np.r_[conf, 0.8], np.r_[hit, True])([0.8]))
+    with pytest.raises(ValueError, match="non-negative"):
+        fit_calibrator(conf, hit, weights=[1, 1, -1, 1, 1])
