@@ -45,6 +45,10 @@ class FencedReconciler(Reconciler):
         self.leader.ensure()
         return super().step(t, tp)
 
+    def dispatch_training(self) -> list[str]:
+        self.leader.ensure()
+        return super().dispatch_training()
+
     def _uow(self) -> Any:
         self.reg.actor = self.actor
         return FencedUnitOfWork(self.reg.db, self.actor, self.leader.fence)
@@ -61,7 +65,8 @@ class Controller:
         self.leader = LeaderLock(registry.db, registry.settings.home, report=report)
         self.reconciler = FencedReconciler(
             registry, policy, ops, clock or SystemClock(), actor=actor,
-            executor=make_executor(policy.executor, registry, policy_path), leader=self.leader)
+            executor=make_executor(policy.executor, registry, policy_path, ops.train),
+            leader=self.leader)
         self.drain_outbox = drain
         self._stop = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
@@ -101,7 +106,7 @@ class Controller:
 
     def dispatch_alerts(self) -> Any:
         from controller.alerts.dispatcher import dispatch
-        from controller.reconciler import worker_id
+        from controller.owner import worker_id
 
         if not self.leader.acquire():
             return None
@@ -121,9 +126,29 @@ class Controller:
                     if self._scheduler.get_job(job) is not None:
                         self._scheduler.modify_job(job, next_run_time=datetime.now())
 
-    def run_once(self) -> list[str]:
+    def settle_training(self, timeout: float = 3600.0) -> list[str]:
+        """Wait for the trainings this process launched, launching queued ones as slots
+        free up, until none is left (tests and the demo, in simulated time: every training
+        a simulated hour starts ends within it). The controller itself never calls this."""
+        lines: list[str] = []
+        while True:
+            self.reconciler.executor.wait(timeout)
+            if not self.leader.acquire():
+                return lines
+            try:
+                launched = self.reconciler.dispatch_training()
+            except LostLeadership:
+                return lines
+            started = [line for line in launched if " launched (" in line]
+            lines += started
+            if not started:
+                return lines
+
+    def run_once(self, settle: bool = False) -> list[str]:
         try:
             lines = self.tick()
+            if settle:
+                lines += self.settle_training()
             self.drain()
             self.dispatch_alerts()
             return lines
