@@ -209,7 +209,7 @@ def _local_gpus() -> int:
 
 
 def make_executor(name: str, registry: Registry, policy_path: str | None,
-                  train: TrainFn) -> Executor:
+                  train: TrainFn, policy: Any = None) -> Executor:
     if name == "subprocess":
         return SubprocessExecutor(registry, policy_path)
     return InlineExecutor(registry, train)

@@ -81,15 +81,18 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps):
     # -- the loop ----------------------------------------------------------------------
     def tick(self) -> list[str]:
         """One pass over every controlled track; returns what each did (for the log)."""
+        # reads that scale with the work: every track's state in one query, the upgrades in
+        # flight, the jobs that RETRAINING tracks wait on; a steady track costs no more
         rows = {(r["task"], r["language"]): r for r in self.reg.status()}
         done = self.file_policy_upgrades(rows)
         upgrades = self.active_upgrades()
+        self.prefetch_jobs(rows.values())
         for tp in self.policy.tracks:
             row = rows.get((tp.task, tp.language))
             if row is None and self.policy.base:
                 self.reg.actor = self.actor
                 self.reg.ensure_track(tp.task, tp.language, self.policy.base)
-                row = next(r for r in self.reg.status(tp.task) if r["language"] == tp.language)
+                row = self.reg.status(tp.task, tp.language)[0]
             if row is None:
                 done.append(f"{tp.task}/{tp.language}: no track in the registry (skipped)")
                 continue
@@ -370,7 +373,7 @@ def request_retrain(registry: Registry, policy: Policy, task: str, language: str
     carry it through gates and canary like a drift-triggered one. Only from STEADY."""
     from registry.errors import InvalidTransition
 
-    rows = [r for r in registry.status(task) if r["language"] == language]
+    rows = registry.status(task, language)
     if not rows:
         raise InvalidTransition(f"no track {task}/{language}", "see `xlt status`")
     t = TrackState.from_status(rows[0])

@@ -41,6 +41,18 @@ class TrainingSteps:
     upgrade_trained: Any
     upgrade_failed: Any
 
+    _prefetched: dict[int, JobView]
+
+    def prefetch_jobs(self, rows: Any) -> None:
+        """The jobs RETRAINING tracks wait on, in one query for the whole tick."""
+        ids = [int(r["phase_data"]["job_id"]) for r in rows
+               if r["phase"] == RETRAINING and (r["phase_data"] or {}).get("job_id")]
+        self._prefetched = {}
+        if ids:
+            with self.reg.reading() as s:
+                self._prefetched = {j.id: JobView.of(j)
+                                    for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+
     def _job(self, job_id: int) -> JobView:
         with self.reg.reading() as s:
             row = s.get(Job, job_id)
@@ -49,7 +61,8 @@ class TrainingSteps:
 
     # -- RETRAINING --------------------------------------------------------------------
     def _retraining(self, t: TrackState, tp: Any, job: JobView | None = None) -> str:
-        job = job or self._job(int(t.data["job_id"]))
+        job_id = int(t.data["job_id"])
+        job = job or getattr(self, "_prefetched", {}).pop(job_id, None) or self._job(job_id)
         if job.status == JobStatus.SUCCEEDED:
             return self._trained(t, int((job.result or {})["version"]))
         if job.status == JobStatus.FAILED:

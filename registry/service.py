@@ -264,8 +264,9 @@ class Registry:
         with self.reading() as s:
             return fn(s, *args, **kwargs)
 
-    def status(self, task: str | None = None) -> list[dict[str, Any]]:
-        return self.query(queries.status, task)
+    def status(self, task: str | None = None,
+               language: str | None = None) -> list[dict[str, Any]]:
+        return self.query(queries.status, task, language)
 
     def resolve(self, task: str, language: str, routing_key: str) -> Resolution:
         return resolve(self.db, task, language, routing_key)
