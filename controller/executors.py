@@ -212,4 +212,8 @@ def make_executor(name: str, registry: Registry, policy_path: str | None,
                   train: TrainFn, policy: Any = None) -> Executor:
     if name == "subprocess":
         return SubprocessExecutor(registry, policy_path)
+    if name == "ray":
+        from controller.ray_executor import RayExecutor
+
+        return RayExecutor(registry, policy)
     return InlineExecutor(registry, train)

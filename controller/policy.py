@@ -96,6 +96,9 @@ class TrainingPolicy(Strict):
     num_cpus: float = Field(1.0, gt=0)
     memory_mb: int | None = Field(None, ge=1)
     gpus: int | None = Field(None, ge=0, description="GPUs to use; None: all that are seen")
+    # the Ray executor's cluster: "host:port" or "ray://host:10001"; None: RAY_ADDRESS, else
+    # a local cluster that ends with the controller (controller.ray_executor)
+    ray_address: str | None = None
 
 
 class WebhookPolicy(Strict):
@@ -211,7 +214,7 @@ class Policy(Strict):
     cooldown_s: float = Field(6 * 3600.0, ge=0)
     guard_window_s: float = Field(3600.0, ge=0)
     guard_max_accuracy_drop: float = Field(0.05, ge=0, le=1)
-    executor: Literal["inline", "subprocess"] = "inline"
+    executor: Literal["inline", "subprocess", "ray"] = "inline"
     # languages whose raw text must not be kept: only descriptors and embeddings are stored
     no_text_languages: list[str] = Field(default_factory=list)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
