@@ -1,7 +1,7 @@
 """Scale of the controller (issue 11): many controlled tracks on PostgreSQL, the tiny model.
 
     python bench/scale_bench.py [--sizes 100,1000,10000] [--requalify 10]
-                                [--executors inline,subprocess] [--slots 2]
+                                [--executors inline,subprocess,ray] [--slots 2]
 
 For each size N: a fresh PostgreSQL database with N controlled tracks of one task, each
 with a champion (one real adapter trained on the tiny model for hi; the other tracks'
@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -40,7 +41,11 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# subprocess workers and Ray workers import this checkout too
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
@@ -140,6 +145,12 @@ def controller(reg: Registry, languages: list[str], executor: str, slots: int
     return ctl
 
 
+def row(rows: list[tuple[str, float, str]], what: str, seconds: float, note: str) -> None:
+    """Record a table row and say it at once (a long run keeps what it measured)."""
+    rows.append((what, seconds, note))
+    print(f"# {what}: {seconds:.3f} s ({note})", file=sys.stderr, flush=True)
+
+
 def timed(fn: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
@@ -175,8 +186,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--drifting", type=int, default=50)
     ap.add_argument("--requalify", type=int, default=10)
-    ap.add_argument("--executors", default="inline,subprocess")
+    ap.add_argument("--executors", default="inline,subprocess,ray")
     ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--drift-at", type=int, default=1000,
+                    help="the size at which drifting and re-qualifying are measured")
     ap.add_argument("--limit-s", type=float, default=1800)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -202,28 +215,39 @@ def main() -> None:
                 ticks = [timed(ctl.tick)[0] for _ in range(6)][1:]  # the first warms caches
                 steady = statistics.median(ticks)
                 out[f"tick_steady_{n}_s"] = round(steady, 4)
-                rows.append((f"tick, {n} steady tracks", steady, f"setup {t_build:.0f} s"))
-                if n == 1000:
+                row(rows, f"tick, {n} steady tracks", steady, f"setup {t_build:.0f} s")
+                if n == args.drift_at:
                     synth = [lang for lang in languages if "-x-" in lang]
                     drift(reg, ctl.policy, synth[:args.drifting])
+                    # hold the launched trainings (they have no data to train on anyway):
+                    # these ticks launch and poll, they must not run a gate evaluation
+                    gate = threading.Event()
+                    ctl.reconciler.executor.train = _held(ctl.reconciler.executor.train, gate)
                     first, lines = timed(ctl.tick)
                     later = [timed(ctl.tick)[0] for _ in range(5)]
+                    gate.set()
                     launched = sum(" launched (" in line for line in lines)
                     out["tick_50_drifting_s"] = round(max(first, *later), 4)
+                    out["drifting"] = args.drifting
                     out["tick_50_drifting_first_s"] = round(first, 4)
-                    rows.append((f"tick, {args.drifting} drifting of {n} (launch {launched})",
-                                 first, f"then {statistics.median(later):.3f} s polling"))
+                    row(rows, f"tick, {args.drifting} drifting of {n} (launch {launched})",
+                        first, f"then {statistics.median(later):.3f} s polling")
                     ctl.reconciler.executor.wait(args.limit_s)
+                    # the synthetic tracks' jobs cannot train (no data): take them off
+                    _settle_synthetic(reg, ctl, synth[:args.drifting])
+                    ctl.leader.release()
                     for executor in args.executors.split(","):
+                        if executor == "ray":
+                            _start_ray()
                         ctl_x = controller(reg, languages, executor, args.slots)
-                        # the synthetic tracks' jobs cannot train (no data): take them off
-                        _settle_synthetic(reg, ctl, synth[:args.drifting])
                         drift(reg, ctl_x.policy, real)
                         seconds = requalify(ctl_x, reg, real, args.limit_s)
                         out.setdefault("requalify_s", {})[executor] = round(seconds, 1)
-                        rows.append((f"re-qualify {len(real)} ({executor}, {args.slots} "
-                                     "slots)", seconds, "queued -> gates passed"))
+                        row(rows, f"re-qualify {len(real)} ({executor}, {args.slots} slots)",
+                            seconds, "queued -> gates passed")
+                        ctl_x.leader.release()
                         _reset(reg, real)
+                ctl.leader.release()
             finally:
                 db.drop()
     out["requalify_languages"] = len(real)
@@ -238,6 +262,24 @@ def main() -> None:
     for what, seconds, note in rows:
         print(f"{what:48} {seconds:9.3f}  {note}")
     print(json.dumps(out))
+
+
+def _held(train: Any, gate: threading.Event) -> Any:
+    def held(*args: Any) -> Any:
+        gate.wait(3600)
+        return train(*args)
+    return held
+
+
+def _start_ray() -> None:
+    """A local Ray cluster on this machine's 2 cores (RAY_ADDRESS: that cluster)."""
+    import ray
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        # "local": a new cluster of our own, never one another process started here
+        ray.init(address=address or "local", namespace="xlt", log_to_driver=False,
+                 include_dashboard=False, **({} if address else {"num_cpus": 2}))
 
 
 def _settle_synthetic(reg: Registry, ctl: Controller, languages: list[str]) -> None:
