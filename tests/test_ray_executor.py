@@ -84,6 +84,12 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         os.environ["RAY_ADDRESS"] = address
+        while not ray.is_initialized():  # a loaded machine: the GCS may answer late
+            try:
+                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+            except ConnectionError:
+                assert time.monotonic() < deadline + 120, log.read_text(errors="replace")
+                time.sleep(2)
         yield address
     finally:
         os.environ.pop("RAY_ADDRESS", None)
