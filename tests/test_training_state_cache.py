@@ -77,3 +77,28 @@ def test_distill_through_the_cache_trains_the_same_student(tmp_path: Path,
     texts = [t for _, t, _ in ITEMS]
     assert torch.allclose(embed_sorted(encoder, texts, model=plain.model),
                           embed_sorted(encoder, texts, model=warm.model), atol=1e-4)
+
+
+def test_evaluation_through_cached_prefix_states_matches_the_full_forward(
+        tmp_path: Path, encoder: TextEncoder) -> None:
+    import pandas as pd
+
+    from controller.training.evaluate import evaluate_split
+
+    emb = embed_sorted(encoder, [en for en, _, _ in ITEMS]).numpy()
+    head = head_cache.train_head(emb, [y for _, _, y in ITEMS], len(LABELS), steps=100)
+    data = ParallelData([t for _, t, _ in ITEMS], [en for en, _, _ in ITEMS])
+    student = distill(encoder, head, data, SPLIT, progress=False).model
+    df = pd.DataFrame([{"language": lang, "id": f"{lang}:{i}", "text": text,
+                        "label": LABELS[y]}
+                       for i, (en, sw, y) in enumerate(ITEMS)
+                       for lang, text in (("en", en), ("sw", sw))])
+    plain = evaluate_split(encoder, student, head, df, "sw", LABELS)
+    cache = BaseStateCache("fp-a", root=tmp_path)
+    for _ in range(2):  # cold, then from the stored states
+        cached = evaluate_split(encoder, student, head, df, "sw", LABELS, cache=cache)
+        assert cached["correct"] == plain["correct"]
+        assert cached["items"]["confidence"] == pytest.approx(plain["items"]["confidence"],
+                                                              abs=1e-4)
+        assert cached["source_accuracy_student"] == plain["source_accuracy_student"]
+    assert (tmp_path / "fp-a" / "prefix1.safetensors").is_file()

@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 
 from controller.encoder import TextEncoder
-from controller.training.embed import embed_sorted
+from controller.training.embed import embed_sorted, tokenize_ids
 from controller.training.head import LinearHead
+from controller.training.split import embed_from_states, frozen_prefix
 from controller.training.state_cache import BaseStateCache
 
 ECE_BINS = 15
@@ -65,9 +66,18 @@ def macro_f1(report: dict[str, dict[str, float]]) -> float:
 
 def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
              texts: Sequence[str], cache: BaseStateCache | None = None) -> np.ndarray:
-    # the bare base's embeddings never change: read them from the base's cache when given
-    emb = (cache.embeddings(encoder, texts) if model is None and cache is not None
-           else embed_sorted(encoder, texts, model=model))
+    # the bare base's embeddings never change: read them from the base's cache when given;
+    # a frozen-prefix student runs only its top blocks, on the base's cached prefix states
+    cut = frozen_prefix(model) if model is not None else 0
+    if cache is not None and model is None:
+        emb = cache.embeddings(encoder, texts)
+    elif cache is not None and cut:
+        ids = tokenize_ids(encoder, texts, encoder.max_length)
+        states = cache.prefix_states(encoder.model, ids, cut,
+                                     encoder.tokenizer.pad_token_id or 0, encoder.device)
+        emb = embed_from_states(model, states, cut, encoder.device)  # type: ignore[arg-type]
+    else:
+        emb = embed_sorted(encoder, texts, model=model)
     with torch.inference_mode():
         return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
 
