@@ -6,7 +6,8 @@ Per base and language: zero-shot accuracy (the base's own English head on the un
 base), accuracy after LoRA distillation (no target-language labels), ECE, English accuracy
 through the student (forgetting), training seconds (teacher pass + cached prefix + steps)
 and peak memory. Each base trains with its own defaults (controller.training.distill.
-for_base: the 12-layer base adapts its top half from cached prefix states, 32 tokens).
+for_base: the 12-layer base adapts its top two blocks from cached prefix states, 32 tokens,
+two epochs; the state cache starts empty in each run, see --state-cache).
 
     python bench/train_bench.py --base me5-small@1            # + minilm@1 beside it
     python bench/train_bench.py --base me5-small@1 --compare none --languages sw
