@@ -6,7 +6,8 @@ Per base and language: zero-shot accuracy (the base's own English head on the un
 base), accuracy after LoRA distillation (no target-language labels), ECE, English accuracy
 through the student (forgetting), training seconds (teacher pass + cached prefix + steps)
 and peak memory. Each base trains with its own defaults (controller.training.distill.
-for_base: the 12-layer base adapts its top half from cached prefix states, 32 tokens).
+for_base: the 12-layer base adapts its top two blocks from cached prefix states, 32 tokens,
+two epochs; the state cache starts empty in each run, see --state-cache).
 
     python bench/train_bench.py --base me5-small@1            # + minilm@1 beside it
     python bench/train_bench.py --base me5-small@1 --compare none --languages sw
@@ -29,6 +30,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,10 +48,11 @@ from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
 from controller.training.distill import ParallelData, distill, for_base  # noqa: E402
 from controller.training.evaluate import evaluate_split  # noqa: E402
 from controller.training.head_cache import cached_teacher_head  # noqa: E402
+from controller.training.state_cache import BaseStateCache  # noqa: E402
 from registry.fingerprint import loaded_model_fingerprint  # noqa: E402
 
 COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "macro_f1", "ece",
-        "en_accuracy_student", "train_seconds", "peak_rss_mib"]
+        "en_accuracy_student", "train_seconds", "train_cpu_seconds", "peak_rss_mib"]
 
 
 def peak_rss_mib() -> float:
@@ -63,7 +66,12 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
     train = load_split("train", ["en", *languages])
     test = load_split("test", ["en", *languages])
     fingerprint = loaded_model_fingerprint(encoder.model, encoder.tokenizer)
-    head = cached_teacher_head(encoder, fingerprint, train, "en", LABELS, args.seed)
+    # the base's state cache starts empty in each run (unless --state-cache DIR): the first
+    # language pays the English teacher pass, later ones reuse it, as training does on a
+    # fresh install; every language pays its own prefix states
+    cache = BaseStateCache(fingerprint, root=args.state_cache_dir)
+    head = cached_teacher_head(encoder, fingerprint, train, "en", LABELS, args.seed,
+                               cache=cache)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
     cfg = for_base(encoder.model.config, **overrides)
     setup_s = time.perf_counter() - t0
@@ -71,13 +79,15 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
     for lang in languages:
         if encoder.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        zero = evaluate_split(encoder, None, head, test, lang, LABELS)
+        zero = evaluate_split(encoder, None, head, test, lang, LABELS, cache=cache)
         pairs = parallel_pairs(train, "en", lang)
-        data = ParallelData(pairs["text_target"].tolist(), pairs["text_source"].tolist())
-        t1 = time.perf_counter()
-        result = distill(encoder, head, data, cfg, progress=args.progress)
-        wall = time.perf_counter() - t1
-        after = evaluate_split(encoder, result.model, head, test, lang, LABELS)
+        index = {name: i for i, name in enumerate(LABELS)}
+        data = ParallelData(pairs["text_target"].tolist(), pairs["text_source"].tolist(),
+                            [index[x] for x in pairs["label"]] if cfg.ce_weight else None)
+        t1, c1 = time.perf_counter(), time.process_time()
+        result = distill(encoder, head, data, cfg, progress=args.progress, cache=cache)
+        wall, cpu = time.perf_counter() - t1, time.process_time() - c1
+        after = evaluate_split(encoder, result.model, head, test, lang, LABELS, cache=cache)
         row = {
             "language": lang, "pairs": len(data), "samples": result.samples,
             "steps": result.steps,
@@ -87,6 +97,9 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
             "en_accuracy_teacher": round(after["source_accuracy_teacher"], 4),
             "en_accuracy_student": round(after["source_accuracy_student"], 4),
             "train_seconds": round(wall, 1),
+            # CPU seconds of this process over all its threads: on a shared box, where wall
+            # time depends on the neighbours, cpu / threads is the wall time on idle cores
+            "train_cpu_seconds": round(cpu, 1),
             "teacher_and_prefix_seconds": round(result.teacher_seconds, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1),
         }
@@ -108,6 +121,7 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
             if rows else None,
             "accuracy": {r["language"]: r["accuracy"] for r in rows},
             "train_seconds": {r["language"]: r["train_seconds"] for r in rows},
+            "train_cpu_seconds": {r["language"]: r["train_cpu_seconds"] for r in rows},
             "languages": rows}
 
 
@@ -123,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: the base's own")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", action="store_true", help="show tqdm bars")
+    ap.add_argument("--state-cache", default=None,
+                    help="directory of the bases' state cache to reuse (default: a fresh "
+                         "one for this run, so figures are first-run figures)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
@@ -137,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         bases.append((ref, model_dir))
-    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "bases": {}}
-    for ref, model_dir in bases:
-        figures["bases"][ref] = bench_base(ref, model_dir, languages, args)
+    figures: dict[str, Any] = {"threads": torch.get_num_threads(),
+                               "loadavg_start": list(os.getloadavg()), "bases": {}}
+    with tempfile.TemporaryDirectory(prefix="xlt-bench-states-") as tmp:
+        args.state_cache_dir = args.state_cache or tmp
+        for ref, model_dir in bases:
+            figures["bases"][ref] = bench_base(ref, model_dir, languages, args)
+    figures["loadavg_end"] = list(os.getloadavg())
     figures["accuracy"] = {ref: b["accuracy"] for ref, b in figures["bases"].items()}
     figures["train_seconds"] = {ref: b["train_seconds"] for ref, b in figures["bases"].items()}
     print(json.dumps(figures))

@@ -30,12 +30,11 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
-def embed_sorted(encoder: TextEncoder, texts: Sequence[str],
-                 model: torch.nn.Module | None = None, max_length: int | None = None,
-                 batch_size: int = 256) -> torch.Tensor:
-    """(n, hidden) float32 CPU tensor of pooled, unit-norm embeddings, in input order."""
+def embed_ids(encoder: TextEncoder, ids: Sequence[Sequence[int]],
+              model: torch.nn.Module | None = None, batch_size: int = 256) -> torch.Tensor:
+    """(n, hidden) float32 CPU tensor of pooled, unit-norm embeddings of tokenized texts,
+    in input order (length-sorted batches)."""
     net = model if model is not None else encoder.model
-    ids = tokenize_ids(encoder, texts, max_length or encoder.max_length)
     out = torch.zeros((len(ids), encoder.hidden_size))
     order = np.argsort([len(x) for x in ids], kind="stable")
     pad_id = encoder.tokenizer.pad_token_id or 0
@@ -48,3 +47,11 @@ def embed_sorted(encoder: TextEncoder, texts: Sequence[str],
             out[torch.as_tensor(idx)] = encoder.forward_embeddings(net, batch).float().cpu()
     net.train(was_training)
     return out
+
+
+def embed_sorted(encoder: TextEncoder, texts: Sequence[str],
+                 model: torch.nn.Module | None = None, max_length: int | None = None,
+                 batch_size: int = 256) -> torch.Tensor:
+    """(n, hidden) float32 CPU tensor of pooled, unit-norm embeddings, in input order."""
+    ids = tokenize_ids(encoder, texts, max_length or encoder.max_length)
+    return embed_ids(encoder, ids, model=model, batch_size=batch_size)

@@ -20,8 +20,10 @@ import pandas as pd
 import torch
 
 from controller.encoder import TextEncoder
-from controller.training.embed import embed_sorted
+from controller.training.embed import embed_sorted, tokenize_ids
 from controller.training.head import LinearHead
+from controller.training.split import embed_from_states, frozen_prefix
+from controller.training.state_cache import BaseStateCache
 
 ECE_BINS = 15
 
@@ -63,8 +65,19 @@ def macro_f1(report: dict[str, dict[str, float]]) -> float:
 
 
 def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
-             texts: Sequence[str]) -> np.ndarray:
-    emb = embed_sorted(encoder, texts, model=model)
+             texts: Sequence[str], cache: BaseStateCache | None = None) -> np.ndarray:
+    # the bare base's embeddings never change: read them from the base's cache when given;
+    # a frozen-prefix student runs only its top blocks, on the base's cached prefix states
+    cut = frozen_prefix(model) if model is not None else 0
+    if cache is not None and model is None:
+        emb = cache.embeddings(encoder, texts)
+    elif cache is not None and cut:
+        ids = tokenize_ids(encoder, texts, encoder.max_length)
+        states = cache.prefix_states(encoder.model, ids, cut,
+                                     encoder.tokenizer.pad_token_id or 0, encoder.device)
+        emb = embed_from_states(model, states, cut, encoder.device)  # type: ignore[arg-type]
+    else:
+        emb = embed_sorted(encoder, texts, model=model)
     with torch.inference_mode():
         return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
 
@@ -75,7 +88,8 @@ def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
 
 def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: LinearHead,
                    df: pd.DataFrame, language: str, labels: Sequence[str],
-                   source_language: str = "en") -> dict[str, Any]:
+                   source_language: str = "en", cache: BaseStateCache | None = None
+                   ) -> dict[str, Any]:
     """Evaluate `student` (None = the bare base, i.e. zero-shot) on the rows of `df` in
     `language`; `df` should also hold the split's `source_language` rows for the gap and
     forgetting figures. `encoder.model` is the teacher."""
@@ -83,14 +97,15 @@ def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: 
     target = df[df["language"] == language]
     source = df[df["language"] == source_language]
     y = np.array([index[lab] for lab in target["label"]], dtype=int)
-    probs = _predict(encoder, student, head, target["text"].tolist())
+    probs = _predict(encoder, student, head, target["text"].tolist(), cache)
     pred = probs.argmax(1) if len(y) else np.zeros(0, dtype=int)
     correct = (pred == y).astype(int)
     confidence = probs.max(1) if len(y) else np.zeros(0)
     report = per_class_report(y, pred, labels)
 
     y_src = np.array([index[lab] for lab in source["label"]], dtype=int)
-    src_teacher = _accuracy(_predict(encoder, None, head, source["text"].tolist()), y_src)
+    src_teacher = _accuracy(_predict(encoder, None, head, source["text"].tolist(), cache),
+                            y_src)
     src_student = (src_teacher if student is None else
                    _accuracy(_predict(encoder, student, head, source["text"].tolist()), y_src))
     accuracy = float(correct.mean()) if len(y) else 0.0

@@ -23,6 +23,7 @@ from controller.encoder import TextEncoder
 from controller.encoders.me5 import cache_root
 from controller.training.embed import embed_sorted
 from controller.training.head import LinearHead, load_head, save_head, train_head
+from controller.training.state_cache import BaseStateCache
 
 
 def head_key(base_fingerprint: str, teacher: str, labels: Sequence[str], seed: int) -> str:
@@ -32,23 +33,28 @@ def head_key(base_fingerprint: str, teacher: str, labels: Sequence[str], seed: i
 
 
 def train_teacher_head(encoder: TextEncoder, train: pd.DataFrame, teacher: str,
-                       labels: Sequence[str], seed: int) -> LinearHead:
+                       labels: Sequence[str], seed: int,
+                       cache: BaseStateCache | None = None) -> LinearHead:
     rows = train[train["language"] == teacher]
     index = {name: i for i, name in enumerate(labels)}
-    emb = embed_sorted(encoder, rows["text"].tolist()).numpy()
+    texts = rows["text"].tolist()
+    # through the base's state cache, these are the distillation's teacher embeddings too
+    emb = (cache.embeddings(encoder, texts) if cache is not None
+           else embed_sorted(encoder, texts)).numpy()
     return train_head(emb, [index[x] for x in rows["label"]], len(labels), seed=seed)
 
 
 def cached_teacher_head(encoder: TextEncoder, base_fingerprint: str, train: pd.DataFrame,
                         teacher: str, labels: Sequence[str], seed: int = 0,
-                        root: str | os.PathLike[str] | None = None) -> LinearHead:
+                        root: str | os.PathLike[str] | None = None,
+                        cache: BaseStateCache | None = None) -> LinearHead:
     directory = Path(root) if root else cache_root() / "heads"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{head_key(base_fingerprint, teacher, labels, seed)}.safetensors"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return load_head(path)
-        head = train_teacher_head(encoder, train, teacher, labels, seed)
+        head = train_teacher_head(encoder, train, teacher, labels, seed, cache)
         tmp = path.with_suffix(".tmp")
         save_head(head, tmp)
         tmp.replace(path)

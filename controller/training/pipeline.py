@@ -29,6 +29,7 @@ from controller.training.distill import DistillConfig, ParallelData, distill, fo
 from controller.training.evaluate import evaluate_split
 from controller.training.head import LinearHead
 from controller.training.head_cache import cached_teacher_head
+from controller.training.state_cache import BaseStateCache
 from controller.training.teacher import choose_teacher
 from registry import queries
 from registry.errors import IncompatibleAdapter, InvalidInput, NotFound
@@ -173,6 +174,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         pairs = ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order],
                              pairs.target_labels)
 
+    # what the frozen base computes (teacher embeddings, prefix states) is kept per base
+    cache = BaseStateCache(encoder_row.fingerprint)
     init_lora = replay = None
     parent = None
     if continue_from is not None:
@@ -189,15 +192,15 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     else:
         # the teacher's head: trained once per (base, teacher language, data, seed), cached
         head = cached_teacher_head(encoder, encoder_row.fingerprint, train, teacher_lang,
-                                   labels, seed)
+                                   labels, seed, cache=cache)
 
     t0 = time.perf_counter()
     result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
-                     progress=progress)
+                     progress=progress, cache=cache)
     wall = time.perf_counter() - t0
     test = cldr.load_split("test", [teacher_lang, language])
     evaluation = evaluate_split(encoder, result.model, head, test, language, labels,
-                                source_language=teacher_lang)
+                                source_language=teacher_lang, cache=cache)
     metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
     metrics["split"] = "test"
     hyper = {**cfg.to_dict(), "data_languages": langs, "shuffle_pairs": shuffle_pairs,
@@ -227,11 +230,12 @@ def evaluate_adapter(registry: Any, task: str, language: str, version: int,
     language = canonical_language(language)
     row = registry.query(queries.show_adapter, task, language, version)
     _, path = registry.adapter_weights(task, language, version)
-    _, encoder = load_base(registry, row["base"], device)
+    encoder_row, encoder = load_base(registry, row["base"], device)
     loaded = load_adapter(path, encoder.model, encoder.tokenizer)  # fingerprint check
     teacher = row["teacher_language"] or "en"
     df = cldr.load_split(split, [teacher, language])
     result = evaluate_split(encoder, loaded.model, loaded.head, df, language, labels,
-                            source_language=teacher)
+                            source_language=teacher,
+                            cache=BaseStateCache(encoder_row.fingerprint))
     result.update({"task": task, "version": int(version), "split": split})
     return result

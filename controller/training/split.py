@@ -79,3 +79,33 @@ def top_embeddings(model: torch.nn.Module, hidden: torch.Tensor, mask: torch.Ten
     for layer in bert.encoder.layer[frozen_layers:]:
         hidden = layer(hidden, m4)
     return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
+
+
+def frozen_prefix(model: torch.nn.Module) -> int:
+    """How many bottom blocks of a (peft) student carry no LoRA: 0 for a full-depth adapter
+    or a bare base."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return 0
+    layers = getattr(next(iter(configs.values())), "layers_to_transform", None)
+    return int(min(layers)) if layers else 0
+
+
+@torch.inference_mode()
+def embed_from_states(model: torch.nn.Module, states: Sequence[torch.Tensor],
+                      frozen_layers: int, device: torch.device, batch_size: int = 256
+                      ) -> torch.Tensor:
+    """(n, hidden) pooled unit-norm embeddings of `model` from cached prefix states (only
+    the blocks above the cut run), in input order, on CPU."""
+    bert = _bert(model)
+    was_training = bert.training
+    bert.eval()
+    out = torch.zeros((len(states), bert.config.hidden_size))
+    order = np.argsort([int(s.shape[0]) for s in states], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        hidden, mask = pad_states([states[i] for i in idx], device)
+        out[torch.as_tensor(idx)] = top_embeddings(model, hidden, mask,
+                                                   frozen_layers).float().cpu()
+    bert.train(was_training)
+    return out

@@ -1,0 +1,126 @@
+"""On-disk memo of what the frozen base computes: pooled teacher embeddings and the
+frozen prefix's hidden states, per base fingerprint, keyed by the token ids the base read.
+
+Everything the frozen base computes for a text is a function of (base, token ids) alone, so
+it is computed once per base and reused by every later run: the English source side is the
+same for every target language (one teacher pass serves hi, sw, yo and am, and the English
+head), and a track's own texts come back at every retrain (drift, attempts, upgrades). The
+key is the sha1 of the ids, not of the text, so a different max_length shares every entry it
+does not truncate. Files live under `<cache_root>/states/<fingerprint>/` (see
+controller.encoders.me5.cache_root), one per kind; writers merge under a file lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from controller.encoder import TextEncoder
+from controller.training.embed import embed_ids, tokenize_ids
+
+Ids = Sequence[int]
+
+
+def ids_key(ids: Ids) -> bytes:
+    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).digest()
+
+
+class TensorStore:
+    """Tensors (any shape with a fixed last dimension) keyed by token ids, in one
+    safetensors file (rows concatenated along dim 0, with offsets and 20-byte keys)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._rows: dict[bytes, torch.Tensor] = {}
+        self._mtime: float | None = None
+
+    def _read(self) -> dict[bytes, torch.Tensor]:
+        if not self.path.is_file():
+            return {}
+        data = load_file(str(self.path))
+        keys, offsets, flat = data["keys"].numpy(), data["offsets"].tolist(), data["rows"]
+        return {bytes(keys[i]): flat[offsets[i]:offsets[i + 1]]
+                for i in range(len(keys))}
+
+    def _refresh(self) -> None:
+        mtime = self.path.stat().st_mtime if self.path.is_file() else None
+        if mtime != self._mtime:
+            self._rows, self._mtime = self._read(), mtime
+
+    def _write(self, rows: dict[bytes, torch.Tensor]) -> None:
+        keys = list(rows)
+        values = [rows[k] for k in keys]
+        offsets = np.cumsum([0] + [int(v.shape[0]) for v in values])
+        tensors = {"keys": torch.from_numpy(np.frombuffer(b"".join(keys), dtype=np.uint8)
+                                            .reshape(len(keys), 20).copy()),
+                   "offsets": torch.from_numpy(offsets.astype(np.int64)),
+                   "rows": torch.cat(values).contiguous()}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(self.path)
+
+    def get_many(self, ids: Sequence[Ids],
+                 compute: Callable[[list[Ids]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The stored tensor for each ids list; missing ones computed (once per distinct
+        ids) by `compute`, then written back."""
+        self._refresh()
+        keys = [ids_key(x) for x in ids]
+        missing: dict[bytes, Ids] = {}
+        for k, x in zip(keys, ids, strict=True):
+            if k not in self._rows and k not in missing:
+                missing[k] = x
+        if missing:
+            new = compute(list(missing.values()))
+            fresh = dict(zip(missing, (t.detach().float().cpu().contiguous() for t in new),
+                             strict=True))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock"):
+                merged = {**self._read(), **fresh}  # keep what other writers added
+                self._write(merged)
+            self._rows = merged
+            self._mtime = self.path.stat().st_mtime
+        return [self._rows[k] for k in keys]
+
+
+class BaseStateCache:
+    """The frozen base's outputs for one base (fingerprint)."""
+
+    def __init__(self, fingerprint: str, root: str | os.PathLike[str] | None = None) -> None:
+        if root is None:
+            from controller.encoders.me5 import cache_root
+
+            root = cache_root() / "states"
+        self.directory = Path(root) / fingerprint.replace(":", "-")[:80]
+        self._stores: dict[str, TensorStore] = {}
+
+    def _store(self, name: str) -> TensorStore:
+        if name not in self._stores:
+            self._stores[name] = TensorStore(self.directory / f"{name}.safetensors")
+        return self._stores[name]
+
+    def embeddings(self, encoder: TextEncoder, texts: Sequence[str],
+                   max_length: int | None = None) -> torch.Tensor:
+        """(n, hidden) pooled unit-norm embeddings of the base (the teacher), as
+        embed_sorted would give them."""
+        ids = tokenize_ids(encoder, texts, max_length or encoder.max_length)
+        if not ids:
+            return torch.zeros((0, encoder.hidden_size))
+        rows = self._store("pooled").get_many(
+            ids, lambda todo: list(embed_ids(encoder, todo).unsqueeze(1)))
+        return torch.cat(rows)
+
+    def prefix_states(self, model: torch.nn.Module, ids: Sequence[Ids], frozen_layers: int,
+                      pad_id: int, device: torch.device) -> list[torch.Tensor]:
+        """Per ids list, the (length, hidden) output of the base's first `frozen_layers`
+        blocks (controller.training.split.prefix_states), on CPU."""
+        from controller.training.split import prefix_states
+
+        return self._store(f"prefix{frozen_layers}").get_many(
+            ids, lambda todo: prefix_states(model, todo, frozen_layers, pad_id, device))
