@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -34,28 +32,22 @@ from controller.cli import quiet_libraries
 quiet_libraries()
 
 from controller.cli.output import emit_table  # noqa: E402
-from controller.clock import ManualClock  # noqa: E402
-from controller.drift.simulator import Scenario, TrafficSimulator  # noqa: E402
+from controller.demo_loop import (  # noqa: E402
+    TASK,
+    DemoScript,
+    languages_picture,
+    prepare_home,
+    run_hours,
+)
 from controller.encoder import demo_base_dir  # noqa: E402
 from controller.encoders.builtin import builtin  # noqa: E402
-from controller.live_ops import LiveOperations  # noqa: E402
-from controller.policy import Policy, load_policy  # noqa: E402
-from controller.reconciler import request_retrain  # noqa: E402
-from controller.scheduler import Controller  # noqa: E402
-from controller.serving import ModelCache, Server  # noqa: E402
+from controller.policy import load_policy  # noqa: E402
 from registry import queries  # noqa: E402
 from registry.errors import XltError  # noqa: E402
 from registry.service import Registry  # noqa: E402
 
-TASK = "emoji-group"
 POLICY = Path(__file__).with_name("demo_upgrade_policy.toml")
-START = datetime(2027, 1, 4, tzinfo=UTC)
-HOURS = int(os.environ.get("XLT_DEMO_HOURS", "16"))
-EVENTS = {"hi": 400, "sw": 200, "am": 200}  # per simulated hour
-FEEDBACK_RATE = 0.5
 DRIFT_FROM_HOUR = 8  # hi traffic moves to hi-Latn once the upgrade is through
-CORRUPT_AT_HOUR = 10  # a person forces a sw retrain on shuffled pairs (on the new base)
-MARKER = ".xlt-demo"
 
 
 def hi_share(hour: int) -> float:
@@ -63,33 +55,9 @@ def hi_share(hour: int) -> float:
     return 0.0 if hour < DRIFT_FROM_HOUR else min(0.8, 0.3 * (hour - DRIFT_FROM_HOUR + 1))
 
 
-def prepare_home(home: Path) -> None:
-    """The demo starts from an empty registry; it only ever removes a previous demo's."""
-    if home.exists() and any(home.iterdir()):
-        if not (home / MARKER).exists():
-            raise SystemExit(f"demo: {home} holds a registry that is not the demo's; "
-                             "set XLT_HOME to another folder (or remove it yourself)")
-        shutil.rmtree(home)
-    home.mkdir(parents=True, exist_ok=True)
-    (home / MARKER).write_text("created by `make demo`; the next demo run replaces it\n")
-
-
-def serve_hour(server: Server, sim: TrafficSimulator, reg: Registry, hour: int) -> str:
-    start = START + timedelta(hours=hour)
-    shown = []
-    for lang, n in EVENTS.items():
-        if not any(r["language"] == lang and r["champion"] for r in reg.status(TASK)):
-            continue
-        scenario = (Scenario(kind="script_shift", final_share=hi_share(hour) * 2)
-                    if lang == "hi" and hi_share(hour) > 0 else Scenario())
-        frame = sim.frame(lang, n, scenario, seed=hour * 7919 + len(lang), start=start,
-                          duration=timedelta(hours=1), with_descriptors=False)
-        server.serve(lang, frame["text"].tolist(), frame["routing_key"].tolist(),
-                     at=[t.to_pydatetime() for t in frame["at"]],
-                     feedback=frame["feedback_label"].tolist())
-        shown.append(f"{lang} {n}" + (f" ({hi_share(hour):.0%} hi-Latn)"
-                                      if lang == "hi" and hi_share(hour) else ""))
-    return ", ".join(shown)
+SCRIPT = DemoScript(hours=int(os.environ.get("XLT_DEMO_HOURS", "16")),
+                    events={"hi": 400, "sw": 200, "am": 200}, hi_share=hi_share,
+                    corrupt_at_hour=10)  # the sw corruption comes on the new base
 
 
 def main() -> None:
@@ -112,45 +80,10 @@ def main() -> None:
                f"{new.fingerprint[:12]}): the policy's [upgrade] moves every track to it\n")
 
     policy = load_policy(POLICY)
-    clock = ManualClock(START.timestamp())
-    models = ModelCache(reg, "cpu")
-    server = Server(reg, TASK, models=models)
-    sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=FEEDBACK_RATE)
-    ops = LiveOperations(reg, policy, models=models, clock=clock)
-    from controller.mlflow_mirror.consumer import drain
-
-    controller = Controller(reg, policy, ops, clock=clock, drain=drain,
-                            report=lambda line: None)
-    for hour in range(HOURS):
-        tick_began = time.monotonic()
-        stamp = (START + timedelta(hours=hour + 1)).strftime("%a %H:%M")
-        traffic = serve_hour(server, sim, reg, hour)
-        if hour == CORRUPT_AT_HOUR:
-            job = request_retrain(reg, policy, TASK, "sw",
-                                  "by hand: retrain on a corrupted export (shuffled pairs)",
-                                  {"shuffle_pairs": True, "epochs": 1}, actor="alice")
-            click.echo(f"[{stamp}] alice forces a sw retrain on shuffled pairs (job {job})")
-        clock._now = (START + timedelta(hours=hour + 1)).timestamp()
-        lines = controller.run_once(settle=True)  # the hour's trainings end within it
-        click.echo(f"[{stamp}] traffic: {traffic or 'none yet'}  "
-                   f"({time.monotonic() - tick_began:.0f} s)")
-        for line in lines:
-            if not line.endswith((": steady", "drift check: stable",
-                                  "drift check: stable (in cooldown)")):
-                click.echo(f"           {line}")
-    drain(reg)
+    run_hours(reg, policy, SCRIPT)
     picture = languages_picture(reg, policy)
     finish(reg, home, time.monotonic() - began)
     click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
-
-
-def languages_picture(reg: Registry, policy: Policy) -> str:
-    """The picture of the controlled languages on the base (README shows it)."""
-    from controller.reports.languages import report_languages
-
-    result = report_languages(reg, TASK, [t.language for t in policy.tracks if t.task == TASK],
-                              policy.base, reg.settings.reports_dir / "languages")
-    return str(result["png"])
 
 
 def upgrade_table(reg: Registry) -> list[dict[str, object]]:

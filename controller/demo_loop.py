@@ -1,0 +1,111 @@
+"""What `make demo` and `make demo-upgrade` share: a demo-only home, an hour of simulated
+traffic served through the real Server, the hourly controller loop (with a person forcing
+a retrain on a corrupted export once), and the languages picture. Each demo supplies its
+script (which languages, how many events, when hi drifts, when the corruption happens)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from controller.clock import ManualClock
+from controller.drift.simulator import Scenario, TrafficSimulator
+from controller.live_ops import LiveOperations
+from controller.policy import Policy
+from controller.reconciler import request_retrain
+from controller.scheduler import Controller
+from controller.serving import ModelCache, Server
+from registry.service import Registry
+
+TASK = "emoji-group"
+START = datetime(2027, 1, 4, tzinfo=UTC)
+FEEDBACK_RATE = 0.5
+MARKER = ".xlt-demo"
+# tick lines a person need not read: the steady tracks' routine
+QUIET_SUFFIXES = (": steady", "drift check: stable", "drift check: stable (in cooldown)")
+
+
+@dataclass(frozen=True)
+class DemoScript:
+    hours: int
+    events: Mapping[str, int]  # language -> requests per simulated hour
+    hi_share: Callable[[int], float]  # share of hi traffic in Latin script, by hour
+    corrupt_at_hour: int  # a person forces a sw retrain on shuffled pairs
+
+
+def prepare_home(home: Path) -> None:
+    """The demo starts from an empty registry; it only ever removes a previous demo's."""
+    if home.exists() and any(home.iterdir()):
+        if not (home / MARKER).exists():
+            raise SystemExit(f"demo: {home} holds a registry that is not the demo's; "
+                             "set XLT_HOME to another folder (or remove it yourself)")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / MARKER).write_text("created by `make demo`; the next demo run replaces it\n")
+
+
+def serve_hour(script: DemoScript, server: Server, sim: TrafficSimulator, reg: Registry,
+               hour: int) -> str:
+    """One hour of traffic for every language with a champion; returns what was served."""
+    start = START + timedelta(hours=hour)
+    share = script.hi_share(hour)
+    shown = []
+    for lang, n in script.events.items():
+        if not any(r["language"] == lang and r["champion"] for r in reg.status(TASK)):
+            continue
+        scenario = (Scenario(kind="script_shift", final_share=share * 2)
+                    if lang == "hi" and share > 0 else Scenario())
+        frame = sim.frame(lang, n, scenario, seed=hour * 7919 + len(lang), start=start,
+                          duration=timedelta(hours=1), with_descriptors=False)
+        server.serve(lang, frame["text"].tolist(), frame["routing_key"].tolist(),
+                     at=[t.to_pydatetime() for t in frame["at"]],
+                     feedback=frame["feedback_label"].tolist())
+        shown.append(f"{lang} {n}" + (f" ({share:.0%} hi-Latn)"
+                                      if lang == "hi" and share else ""))
+    return ", ".join(shown)
+
+
+def run_hours(reg: Registry, policy: Policy, script: DemoScript) -> None:
+    """The controller's hourly loop on a simulated clock, printing what it did; the MLflow
+    mirror is drained at the end."""
+    from controller.mlflow_mirror.consumer import drain
+
+    clock = ManualClock(START.timestamp())
+    models = ModelCache(reg, "cpu")
+    server = Server(reg, TASK, models=models)
+    sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=FEEDBACK_RATE)
+    ops = LiveOperations(reg, policy, models=models, clock=clock)
+    controller = Controller(reg, policy, ops, clock=clock, drain=drain,
+                            report=lambda line: None)
+    for hour in range(script.hours):
+        tick_began = time.monotonic()
+        stamp = (START + timedelta(hours=hour + 1)).strftime("%a %H:%M")
+        traffic = serve_hour(script, server, sim, reg, hour)
+        if hour == script.corrupt_at_hour:
+            job = request_retrain(reg, policy, TASK, "sw",
+                                  "by hand: retrain on a corrupted export (shuffled pairs)",
+                                  {"shuffle_pairs": True, "epochs": 1}, actor="alice")
+            click.echo(f"[{stamp}] alice forces a sw retrain on shuffled pairs (job {job})")
+        clock._now = (START + timedelta(hours=hour + 1)).timestamp()
+        lines = controller.run_once(settle=True)  # the hour's trainings end within it
+        click.echo(f"[{stamp}] traffic: {traffic or 'none yet'}  "
+                   f"({time.monotonic() - tick_began:.0f} s)")
+        for line in lines:
+            if not line.endswith(QUIET_SUFFIXES):
+                click.echo(f"           {line}")
+    drain(reg)
+
+
+def languages_picture(reg: Registry, policy: Policy) -> str:
+    """The picture of the controlled languages on the base (README shows it)."""
+    from controller.reports.languages import report_languages
+
+    result = report_languages(reg, TASK, [t.language for t in policy.tracks if t.task == TASK],
+                              policy.base, reg.settings.reports_dir / "languages")
+    return str(result["png"])
