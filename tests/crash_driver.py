@@ -246,3 +246,19 @@ def invariant_problems(reg: Registry) -> list[str]:
 
 def open_run_registry(run_dir: Path) -> Registry:
     return open_registry(sqlite_url(run_dir), run_dir / "home", "test")
+
+
+CHILD_TIMEOUT_S = 300  # one drill child; generous for a loaded 2-core box
+
+
+def unsettled(reg: Registry) -> list[str]:
+    """Tracks not yet at rest: any phase but STEADY, or a guard window still open."""
+    return [f"{r['language']}: {r['phase']} {r['phase_data']}" for r in reg.status(TASK)
+            if r["phase"] != "STEADY" or "guard" in (r["phase_data"] or {})]
+
+
+def last_transition(reg: Registry) -> str:
+    """The controller's last recorded step, to name where a child was killed."""
+    events = [e for e in reg.query(queries.history, TASK) if e["actor"] == "controller"]
+    last = events[-1]
+    return f"{last['language']} {last['action']}: {last['reason'] or ''}".strip()

@@ -21,25 +21,12 @@ from typing import Any
 
 import pytest
 
-from registry import queries
 from registry.db import dispose_engines
 from tests import crash_driver as drv
-from tests.loop_support import TASK, final_state
+from tests.loop_support import final_state
 
 FIRST_KILL_HOUR = 2  # the first champions' promotion, then the whole drift loop
 LAST_HOUR = 9  # the reference's guard window is over at hour 9: the loop has settled
-CHILD_TIMEOUT_S = 300
-
-
-def _settled(reg: Any) -> list[str]:
-    return [f"{r['language']}: {r['phase']} {r['phase_data']}" for r in reg.status(TASK)
-            if r["phase"] != "STEADY" or "guard" in (r["phase_data"] or {})]
-
-
-def _last_transition(reg: Any) -> str:
-    events = [e for e in reg.query(queries.history, TASK) if e["actor"] == "controller"]
-    last = events[-1]
-    return f"{last['language']} {last['action']}: {last['reason'] or ''}".strip()
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +35,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     run, snapshots = root / "run", root / "snapshots"
     run.mkdir()
     code = drv.run_child(drv.context(), drv.run_hours, str(run), 0, LAST_HOUR, 10**9,
-                         str(tiny_model_dir), str(snapshots), timeout=CHILD_TIMEOUT_S)
+                         str(tiny_model_dir), str(snapshots), timeout=drv.CHILD_TIMEOUT_S)
     logs = "\n".join(drv.log_tail(p) for p in run.glob("child-*.log"))
     assert code == 0, logs
     commits = {int(h): n for h, n in json.loads((run / "commits.json").read_text()).items()}
     reg = drv.open_run_registry(run)
     state = final_state(reg)
     assert drv.invariant_problems(reg) == []
-    assert not _settled(reg), logs
+    assert not drv.unsettled(reg), logs
     assert state["status"] == {"hi": (2, None, "STEADY"), "sw": (1, None, "STEADY")}, logs
     assert len(state["promotes"]) == 3  # hi v1, sw v1, hi v2
     dispose_engines()
@@ -77,19 +64,19 @@ def test_sigkill_after_each_transition_then_restart(reference: dict[str, Any],
         relative = n - commits[hour - 1]
 
         code = drv.run_child(ctx, drv.run_hours, str(run), hour, LAST_HOUR, relative,
-                             timeout=CHILD_TIMEOUT_S)
+                             timeout=drv.CHILD_TIMEOUT_S)
         logs = "\n".join(drv.log_tail(p) for p in sorted(run.glob("child-*.log")))
         assert code == -signal.SIGKILL, f"N={n}: the child exited {code}, not by SIGKILL\n{logs}"
         killed_in = int((run / "home" / drv.NEXT_HOUR).read_text())
         reg = drv.open_run_registry(run)
-        killed_after = _last_transition(reg)
+        killed_after = drv.last_transition(reg)
 
         code = drv.run_child(ctx, drv.run_hours, str(run), hour, LAST_HOUR, None,
-                             timeout=CHILD_TIMEOUT_S)
+                             timeout=drv.CHILD_TIMEOUT_S)
         logs = "\n".join(drv.log_tail(p) for p in sorted(run.glob("child-*.log")))
         assert code == 0, f"N={n}: the restarted child exited {code}\n{logs}"
         state = final_state(reg)
-        problems = drv.invariant_problems(reg) + _settled(reg)
+        problems = drv.invariant_problems(reg) + drv.unsettled(reg)
         if killed_in != hour:
             problems.append(f"expected the kill in hour {hour}, it came in hour {killed_in}")
         if len(state["promotes"]) != len(expected["promotes"]):

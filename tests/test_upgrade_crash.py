@@ -15,24 +15,11 @@ from typing import Any
 
 import pytest
 
-from registry import queries
 from registry.db import dispose_engines
 from tests import crash_driver as drv
-from tests.loop_support import TASK, UPGRADE_HOUR, final_state
+from tests.loop_support import UPGRADE_HOUR, final_state
 
 LAST_HOUR = 9  # both tracks upgraded (hour 7) and their guard windows over (hour 9)
-CHILD_TIMEOUT_S = 300
-
-
-def _settled(reg: Any) -> list[str]:
-    return [f"{r['language']}: {r['phase']} {r['phase_data']}" for r in reg.status(TASK)
-            if r["phase"] != "STEADY" or "guard" in (r["phase_data"] or {})]
-
-
-def _last_transition(reg: Any) -> str:
-    events = [e for e in reg.query(queries.history, TASK) if e["actor"] == "controller"]
-    last = events[-1]
-    return f"{last['language']} {last['action']}: {last['reason'] or ''}".strip()
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +30,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
     run.mkdir()
     code = drv.run_child(drv.context(), drv.run_hours, str(run), 0, LAST_HOUR, 10**9,
                          str(tiny_model_dir), str(snapshots), str(tiny_model_dir_v2), True,
-                         timeout=CHILD_TIMEOUT_S)
+                         timeout=drv.CHILD_TIMEOUT_S)
     logs = "\n".join(drv.log_tail(p) for p in run.glob("child-*.log"))
     assert code == 0, logs
     commits = {int(h): n for h, n in json.loads((run / "commits.json").read_text()).items()}
     reg = drv.open_run_registry(run)
     state = final_state(reg)
     assert drv.invariant_problems(reg) == []
-    assert not _settled(reg), logs
+    assert not drv.unsettled(reg), logs
     assert state["bases"] == {"hi": "tiny@2", "sw": "tiny@2"}, logs
     assert state["upgrades"] == {"hi": ("done", 2), "sw": ("done", 2)}, logs
     assert state["status"] == {"hi": (2, None, "STEADY"), "sw": (2, None, "STEADY")}, logs
@@ -71,17 +58,17 @@ def test_sigkill_mid_upgrade_then_restart(reference: dict[str, Any], tmp_path: P
         shutil.copytree(reference["snapshots"] / f"after-{hour - 1}", run)
         relative = n - commits[hour - 1]
         code = drv.run_child(ctx, drv.run_hours, str(run), hour, LAST_HOUR, relative,
-                             None, None, None, True, timeout=CHILD_TIMEOUT_S)
+                             None, None, None, True, timeout=drv.CHILD_TIMEOUT_S)
         logs = "\n".join(drv.log_tail(p) for p in sorted(run.glob("child-*.log")))
         assert code == -signal.SIGKILL, f"N={n}: the child exited {code}, not by SIGKILL\n{logs}"
         reg = drv.open_run_registry(run)
-        killed_after = _last_transition(reg)
+        killed_after = drv.last_transition(reg)
         code = drv.run_child(ctx, drv.run_hours, str(run), hour, LAST_HOUR, None,
-                             None, None, None, True, timeout=CHILD_TIMEOUT_S)
+                             None, None, None, True, timeout=drv.CHILD_TIMEOUT_S)
         logs = "\n".join(drv.log_tail(p) for p in sorted(run.glob("child-*.log")))
         assert code == 0, f"N={n}: the restarted child exited {code}\n{logs}"
         state = final_state(reg)
-        problems = drv.invariant_problems(reg) + _settled(reg)
+        problems = drv.invariant_problems(reg) + drv.unsettled(reg)
         same = state == expected
         rows.append(f"N={n:2d} hour {hour} killed after [{killed_after}] -> final state "
                     f"{'equal' if same else 'DIFFERENT'}"
