@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from controller import attempts
+from registry import queries
 from registry.commands import servability
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class AttemptSteps:
                          ) -> tuple[attempts.AttemptPlan, attempts.Options, set[str]]:
         plan = (attempts.current(t.data, t.base or "", t.champion)
                 or attempts.AttemptPlan(t.base or "", t.champion, report_id))
-        registered = [r["language"] for r in self.reg.status(t.task)]
+        registered = self.reg.query(queries.track_languages, t.task)
         opts = attempts.options(self.policy, t.task, t.language, registered)
         seen = self.reg.query(attempts.trained_fingerprints, t.task, t.language)
         return plan, opts, seen

@@ -93,7 +93,7 @@ def run_hours(reg: Registry, policy: Policy, script: DemoScript) -> None:
                                   {"shuffle_pairs": True, "epochs": 1}, actor="alice")
             click.echo(f"[{stamp}] alice forces a sw retrain on shuffled pairs (job {job})")
         clock._now = (START + timedelta(hours=hour + 1)).timestamp()
-        lines = controller.run_once()  # inline trainings run within the tick
+        lines = controller.run_once(settle=True)  # the hour's trainings end within it
         click.echo(f"[{stamp}] traffic: {traffic or 'none yet'}  "
                    f"({time.monotonic() - tick_began:.0f} s)")
         for line in lines:

@@ -57,7 +57,7 @@ class LiveOperations:
 
     # -- drift -------------------------------------------------------------------------
     def _track(self, task: str, language: str) -> dict[str, Any]:
-        return next(r for r in self.reg.status(task) if r["language"] == language)
+        return self.reg.status(task, language)[0]  # this track's row alone
 
     def reference(self, task: str, language: str) -> Any:
         """The test split the champion was evaluated on, embedded by the base and labelled

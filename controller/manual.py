@@ -10,7 +10,7 @@ def resume_canary(registry: Registry, task: str, language: str, now: float) -> N
     """`xlt canary resume`: a paused track continues its current step with a fresh window."""
     from registry.errors import InvalidTransition
 
-    rows = [r for r in registry.status(task) if r["language"] == language]
+    rows = registry.status(task, language)
     if not rows or rows[0]["phase"] != PAUSED:
         raise InvalidTransition(f"track {task}/{language} is not paused",
                                 "only a PAUSED canary can be resumed")

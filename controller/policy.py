@@ -86,6 +86,19 @@ class TrainingPolicy(Strict):
     max_attempts: int = Field(2, ge=1)
     seed: int = 0
     device: str = "auto"
+    # the tick never waits on a training: it launches up to these many at once and polls
+    # them; more drifting tracks than slots wait in a fair queue (controller.job_queue)
+    max_concurrent: int = Field(1, ge=1, description="trainings at once, all tracks")
+    per_gpu: int = Field(1, ge=1, description="trainings at once on one GPU")
+    # what one training asks for: num_gpus > 0 puts it on a GPU (local executors pick the
+    # least loaded cuda:N; Ray schedules it), num_cpus / memory_mb are Ray's resources
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    memory_mb: int | None = Field(None, ge=1)
+    gpus: int | None = Field(None, ge=0, description="GPUs to use; None: all that are seen")
+    # the Ray executor's cluster: "host:port" or "ray://host:10001"; None: RAY_ADDRESS, else
+    # a local cluster that ends with the controller (controller.ray_executor)
+    ray_address: str | None = None
 
 
 class WebhookPolicy(Strict):
@@ -201,7 +214,7 @@ class Policy(Strict):
     cooldown_s: float = Field(6 * 3600.0, ge=0)
     guard_window_s: float = Field(3600.0, ge=0)
     guard_max_accuracy_drop: float = Field(0.05, ge=0, le=1)
-    executor: Literal["inline", "subprocess"] = "inline"
+    executor: Literal["inline", "subprocess", "ray"] = "inline"
     # languages whose raw text must not be kept: only descriptors and embeddings are stored
     no_text_languages: list[str] = Field(default_factory=list)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)

@@ -4,7 +4,8 @@ Phases (tracks.phase) and what each tick does:
 
   STEADY      guard window after a promotion: roll back on regression; else, when a check
               is due, run the drift check and, on drift past the cooldown, start retraining
-  RETRAINING  run or watch the training job; success -> GATING, failure -> retry or STEADY
+  RETRAINING  watch the training job (never wait on it: controller.training_steps);
+              success -> GATING, failure -> retry or STEADY
   GATING      evaluate candidate and champion, record the gate report; pass -> CANARY step 1
               (or promote when there is no champion), fail -> reject -> STEADY
   CANARY      after each interval, analyse live traffic; pass -> next step or promote,
@@ -20,10 +21,9 @@ any point loses at most the work of the step in flight, which the next tick redo
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller import attempts, failpoints
@@ -34,12 +34,11 @@ from controller.executors import Executor, InlineExecutor
 from controller.gates import evaluate_gates, guard_verdict
 from controller.label_free import arm_estimate, gather
 from controller.operations import Operations
-from controller.owner import pid_alive, worker_id
 from controller.policy import Policy, TrackPolicy
+from controller.training_steps import TrainingSteps
 from controller.upgrading import RESTARTABLE, UpgradeSteps
 from registry.commands import deployment, records
 from registry.errors import StaleRevision, XltError
-from registry.schema import Job
 from registry.service import Registry
 from registry.upgrades import UpgradeState
 
@@ -69,11 +68,11 @@ class TrackState:
                    upgrade, row.get("base"))
 
 
-class Reconciler(UpgradeSteps, AttemptSteps):
+class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps):
     def __init__(self, registry: Registry, policy: Policy, ops: Operations, clock: Clock,
                  actor: str = "controller", executor: Executor | None = None) -> None:
         self.reg = registry
-        self.executor = executor or InlineExecutor()
+        self.executor = executor or InlineExecutor(registry, ops.train)
         self.policy = policy
         self.ops = ops
         self.clock = clock
@@ -82,15 +81,18 @@ class Reconciler(UpgradeSteps, AttemptSteps):
     # -- the loop ----------------------------------------------------------------------
     def tick(self) -> list[str]:
         """One pass over every controlled track; returns what each did (for the log)."""
+        # reads that scale with the work: every track's state in one query, the upgrades in
+        # flight, the jobs that RETRAINING tracks wait on; a steady track costs no more
         rows = {(r["task"], r["language"]): r for r in self.reg.status()}
         done = self.file_policy_upgrades(rows)
         upgrades = self.active_upgrades()
+        self.prefetch_jobs(rows.values())
         for tp in self.policy.tracks:
             row = rows.get((tp.task, tp.language))
             if row is None and self.policy.base:
                 self.reg.actor = self.actor
                 self.reg.ensure_track(tp.task, tp.language, self.policy.base)
-                row = next(r for r in self.reg.status(tp.task) if r["language"] == tp.language)
+                row = self.reg.status(tp.task, tp.language)[0]
             if row is None:
                 done.append(f"{tp.task}/{tp.language}: no track in the registry (skipped)")
                 continue
@@ -103,7 +105,7 @@ class Reconciler(UpgradeSteps, AttemptSteps):
                 outcome = f"refused: {exc}"
                 log.warning("%s/%s: %s", tp.task, tp.language, exc)
             done.append(f"{tp.task}/{tp.language}: {outcome}")
-        return done
+        return done + self.dispatch_training()
 
     def step(self, t: TrackState, tp: TrackPolicy) -> str:
         handler = {STEADY: self._steady, RETRAINING: self._retraining, GATING: self._gating,
@@ -226,77 +228,6 @@ class Reconciler(UpgradeSteps, AttemptSteps):
             self._to_steady(t, "rolled back", cooldown=True, expected=None, uow=uow,
                             alert=reason, alert_kind="rollback")
         return "rolled back: " + reason
-
-    # -- RETRAINING --------------------------------------------------------------------
-    def _retraining(self, t: TrackState, tp: TrackPolicy) -> str:
-        with self.reg.reading() as s:
-            job = s.get(Job, int(t.data["job_id"]))
-            assert job is not None, "phase points at a missing job"
-            status, owner = job.status, (job.result or {}).get("owner")
-            params, result, error = dict(job.params), job.result, job.error
-        if status == "succeeded":
-            return self._trained(t, int(result["version"]))  # type: ignore[index]
-        if status == "failed":
-            return self._train_failed(t, params, error or "unknown error")
-        if status == "running" and pid_alive(owner):
-            return f"training job {t.data['job_id']} running on {owner}"
-        return self._run_job(t, int(t.data["job_id"]), params)
-
-    def _run_job(self, t: TrackState, job_id: int, params: dict[str, Any]) -> str:
-        if self.executor.name != "inline":
-            pid = self.executor.launch(job_id, lambda: {})
-            owner = f"{socket.gethostname()}:{pid}"
-            with self._guarded(t) as uow:
-                records.update_job(uow, job_id, "running", result={"owner": owner})
-                self._phase(uow, t, RETRAINING, {**t.data, "owner": owner},
-                            f"training job {job_id} launched ({self.executor.name})", t.revision)
-            return f"training job {job_id} launched as pid {pid}"
-        # claiming the job bumps the track's revision, so a second replica cannot claim it
-        with self._guarded(t) as uow:
-            records.update_job(uow, job_id, "running", result={"owner": worker_id()})
-            self._phase(uow, t, RETRAINING, {**t.data, "owner": worker_id()},
-                        f"training job {job_id} started", t.revision)
-        t = replace(t, revision=t.revision + 1)
-        try:
-            # the job id travels with the adapter, so a rerun after a crash reuses it
-            result = self.executor.launch(job_id, lambda: self.ops.train(
-                t.task, t.language, {**params, "job_id": job_id}))
-        except Exception as exc:  # training can fail in many ways; the job row says how
-            log.exception("training job %s failed", job_id)
-            with self._uow() as uow:
-                records.update_job(uow, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-            return f"training job {job_id} failed: {exc}"
-        assert isinstance(result, dict)
-        with self._guarded(t) as uow:
-            records.update_job(uow, job_id, "succeeded", result=result)
-            self._phase(uow, t, GATING, {**t.data, "candidate": int(result["version"])},
-                        f"trained v{result['version']}", t.revision)
-            self.upgrade_trained(uow, t, int(result["version"]))
-        return f"trained candidate v{result['version']}"
-
-    def _trained(self, t: TrackState, version: int) -> str:
-        with self._guarded(t) as uow:
-            self._phase(uow, t, GATING, {**t.data, "candidate": version},
-                        f"trained v{version}", t.revision)
-            self.upgrade_trained(uow, t, version)
-        return f"candidate v{version} to gates"
-
-    def _train_failed(self, t: TrackState, params: dict[str, Any], error: str) -> str:
-        attempt = int(t.data.get("attempt", 1))
-        if attempt < self.policy.training.max_attempts:
-            with self._guarded(t) as uow:
-                job = records.create_job(uow, "train", params, self.policy.executor, t.task,
-                                         t.language)
-                self._phase(uow, t, RETRAINING,
-                            {**t.data, "job_id": job.id, "attempt": attempt + 1},
-                            f"retry after: {error}", t.revision)
-            return f"retrying training (attempt {attempt + 1})"
-        with self._guarded(t) as uow:
-            note = self.upgrade_failed(uow, t, f"training failed: {error}")
-            self._to_steady(t, "training failed", cooldown=True, expected=t.revision, uow=uow,
-                            alert=f"training failed after {attempt} attempts: {error}{note}",
-                            alert_kind="training_failed")
-        return "training failed: back to STEADY" + note
 
     # -- GATING ------------------------------------------------------------------------
     def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
@@ -442,7 +373,7 @@ def request_retrain(registry: Registry, policy: Policy, task: str, language: str
     carry it through gates and canary like a drift-triggered one. Only from STEADY."""
     from registry.errors import InvalidTransition
 
-    rows = [r for r in registry.status(task) if r["language"] == language]
+    rows = registry.status(task, language)
     if not rows:
         raise InvalidTransition(f"no track {task}/{language}", "see `xlt status`")
     t = TrackState.from_status(rows[0])

@@ -31,6 +31,7 @@ from registry.service import Registry
 
 log = logging.getLogger("xlt.controller")
 HEARTBEAT_S = 1.0  # how soon a lost lock is re-taken once the database answers
+ENSURE_EVERY_S = 0.1  # how often a tick re-checks the lock between its tracks' steps
 
 
 class FencedReconciler(Reconciler):
@@ -40,10 +41,20 @@ class FencedReconciler(Reconciler):
     def __init__(self, *args: Any, leader: LeaderLock, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.leader = leader
+        self._ensured_at = -1.0
 
     def step(self, t: TrackState, tp: TrackPolicy) -> str:
-        self.leader.ensure()
+        # asking the server costs a round trip: at most every ENSURE_EVERY_S, not per
+        # track (1,000 steady tracks would be 1,000 queries); every write is fenced anyway
+        now = time.monotonic()
+        if now - self._ensured_at >= ENSURE_EVERY_S:
+            self.leader.ensure()
+            self._ensured_at = now
         return super().step(t, tp)
+
+    def dispatch_training(self) -> list[str]:
+        self.leader.ensure()
+        return super().dispatch_training()
 
     def _uow(self) -> Any:
         self.reg.actor = self.actor
@@ -61,7 +72,8 @@ class Controller:
         self.leader = LeaderLock(registry.db, registry.settings.home, report=report)
         self.reconciler = FencedReconciler(
             registry, policy, ops, clock or SystemClock(), actor=actor,
-            executor=make_executor(policy.executor, registry, policy_path), leader=self.leader)
+            executor=make_executor(policy.executor, registry, policy_path, ops.train, policy),
+            leader=self.leader)
         self.drain_outbox = drain
         self._stop = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
@@ -76,6 +88,7 @@ class Controller:
             self._observe(None, leader=False)
             return []  # the lock says why, once (standby, or the database is down)
         started = time.perf_counter()
+        self.reconciler._ensured_at = -1.0  # the first step of a tick always checks
         try:
             lines = self.reconciler.tick()
         except LostLeadership:
@@ -101,7 +114,7 @@ class Controller:
 
     def dispatch_alerts(self) -> Any:
         from controller.alerts.dispatcher import dispatch
-        from controller.reconciler import worker_id
+        from controller.owner import worker_id
 
         if not self.leader.acquire():
             return None
@@ -121,9 +134,29 @@ class Controller:
                     if self._scheduler.get_job(job) is not None:
                         self._scheduler.modify_job(job, next_run_time=datetime.now())
 
-    def run_once(self) -> list[str]:
+    def settle_training(self, timeout: float = 3600.0) -> list[str]:
+        """Wait for the trainings this process launched, launching queued ones as slots
+        free up, until none is left (tests and the demo, in simulated time: every training
+        a simulated hour starts ends within it). The controller itself never calls this."""
+        lines: list[str] = []
+        while True:
+            self.reconciler.executor.wait(timeout)
+            if not self.leader.acquire():
+                return lines
+            try:
+                launched = self.reconciler.dispatch_training()
+            except LostLeadership:
+                return lines
+            started = [line for line in launched if " launched (" in line]
+            lines += started
+            if not started:
+                return lines
+
+    def run_once(self, settle: bool = False) -> list[str]:
         try:
             lines = self.tick()
+            if settle:
+                lines += self.settle_training()
             self.drain()
             self.dispatch_alerts()
             return lines

@@ -85,7 +85,9 @@ class Server:
         self.registry = registry
         self.task = task
         self.models = models or ModelCache(registry, device)
-        self.resolver = CachedResolver(registry.db, ttl=0.0)  # the demo's clock is not real
+        # revalidated once per serve() call (one batch), never on a timer: the demo's clock
+        # is not real, and a per-request check would be one query per request
+        self.resolver = CachedResolver(registry.db, ttl=float("inf"))
 
     def serve(self, language: str, texts: Sequence[str], routing_keys: Sequence[str], *,
               at: Sequence[datetime] | None = None,
@@ -95,6 +97,7 @@ class Server:
         started = time.perf_counter()
         groups: dict[tuple[str | None, int | None, str | None], list[int]] = defaultdict(list)
         track_base = None
+        self.resolver.revalidate()
         for i, key in enumerate(routing_keys):
             r = self.resolver.resolve(self.task, language, key)
             groups[(r.served_language, r.version, r.base)].append(i)

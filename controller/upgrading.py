@@ -58,7 +58,7 @@ class UpgradeSteps:
         return lines
 
     def active_upgrades(self) -> dict[tuple[str, str], UpgradeState]:
-        return {(u.task, u.language): u for u in self.reg.query(queries.upgrades) if u.active}
+        return {(u.task, u.language): u for u in self.reg.query(queries.active_upgrades)}
 
     def start_upgrade_training(self, t: Any, now: float) -> str:
         from controller.reconciler import RETRAINING, training_params

@@ -1,7 +1,8 @@
 """`python -m controller.worker JOB_ID`: runs one training job for the subprocess executor.
 
-It waits until the controller has recorded the job as running (so the two never race on the
-job row), trains, and records success or failure in one transaction.
+It waits until the controller has recorded the job as running under this process's handle
+(so the two never race on the job row, and a launch whose record was lost never trains),
+trains, and records success or failure in one transaction.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
+import socket
 
+from controller.executors import run_claimed, wait_until_claimed
 from controller.policy import load_policy
-from registry.schema import Job
 from registry.service import Registry
 
 log = logging.getLogger("xlt.worker")
@@ -23,29 +24,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("job_id", type=int)
     ap.add_argument("--policy", default=None)
+    ap.add_argument("--device", default=None, help="the device the controller placed it on")
     args = ap.parse_args()
     reg = Registry.open(actor="worker")
     policy = load_policy(args.policy)
-    deadline = time.monotonic() + 60
-    while True:
-        with reg.reading() as s:
-            job = s.get(Job, args.job_id)
-            status, params = (job.status, dict(job.params)) if job else (None, {})
-        if status == "running":
-            break
-        if status in ("succeeded", "failed") or time.monotonic() > deadline:
-            raise SystemExit(f"job {args.job_id} is {status}; nothing to do")
-        time.sleep(0.5)
+    job = wait_until_claimed(reg, args.job_id, f"pid:{socket.gethostname()}:{os.getpid()}")
+    if job is None:
+        raise SystemExit(f"job {args.job_id} is not launched as this process; nothing to do")
     from controller.live_ops import LiveOperations
 
-    ops = LiveOperations(reg, policy)
-    try:
-        result = ops.train(params["task"], params["language"], {**params, "job_id": args.job_id})
-    except Exception as exc:  # recorded on the job; the controller retries or alerts
-        log.exception("job %s failed", args.job_id)
-        reg.update_job(args.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise SystemExit(1) from exc
-    reg.update_job(args.job_id, "succeeded", result=result)
+    run_claimed(reg, job, LiveOperations(reg, policy).train, args.device)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -223,9 +224,11 @@ class ArtifactStore:
             src = self.verified_path(sha)
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists() or dest.is_symlink():
-                dest.unlink()
-            os.symlink(src, dest)
+            # swapped in atomically: trainings in threads or workers side by side load the
+            # same tree, and an unlink-then-link would show them a missing config.json
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            os.symlink(src, tmp)
+            os.replace(tmp, dest)
         return out
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.errors import NotFound
@@ -105,28 +105,55 @@ def track_row(s: Session, task: str, language: str) -> Track:
     return track
 
 
-def status(s: Session, task: str | None = None) -> list[dict[str, Any]]:
-    """One row per track: base, champion, canary and weight, previous, phase, revision."""
-    versions = {a.id: a.version for a in s.scalars(select(Adapter))}
-    bases = _base_refs(s)
-    q = select(Track).order_by(Track.task, Track.language)
+def status(s: Session, task: str | None = None,
+           language: str | None = None) -> list[dict[str, Any]]:
+    """One row per track: base, champion, canary and weight, previous, phase, revision.
+
+    One query whatever the catalogue's size: each track joins only the adapters it points
+    at (champion, canary, previous) and its base, never the whole adapters table."""
+    champion, canary, previous = aliased(Adapter), aliased(Adapter), aliased(Adapter)
+    q = (select(Track.task, Track.language, BaseEncoder.name, BaseEncoder.version,
+                champion.version, canary.version, Track.canary_weight, previous.version,
+                Track.phase, Track.phase_data, Track.revision, Track.updated_at,
+                Track.unservable_on)
+         .join(BaseEncoder, BaseEncoder.id == Track.base_encoder_id)
+         .outerjoin(champion, champion.id == Track.champion_id)
+         .outerjoin(canary, canary.id == Track.canary_id)
+         .outerjoin(previous, previous.id == Track.previous_champion_id)
+         .order_by(Track.task, Track.language))
     if task:
         q = q.where(Track.task == task)
+    if language:
+        q = q.where(Track.language == canonical_language(language))
     rows = []
-    for t in s.scalars(q):
+    for (t_task, t_lang, base_name, base_version, champ, can, weight, prev, phase, data,
+         revision, updated, unservable) in s.execute(q):
+        base = f"{base_name}@{base_version}"
         rows.append({
-            "task": t.task, "language": t.language, "base": bases.get(t.base_encoder_id),
-            "champion": versions.get(t.champion_id) if t.champion_id else None,
-            "canary": versions.get(t.canary_id) if t.canary_id else None,
-            "canary_weight": t.canary_weight,
-            "previous": versions.get(t.previous_champion_id) if t.previous_champion_id else None,
-            "phase": t.phase, "phase_data": t.phase_data, "revision": t.revision,
-            "updated_at": _iso(t.updated_at),
+            "task": t_task, "language": t_lang, "base": base, "champion": champ,
+            "canary": can, "canary_weight": weight, "previous": prev,
+            "phase": phase, "phase_data": data, "revision": revision,
+            "updated_at": _iso(updated),
             # only while it names the track's current base (a base upgrade lifts it)
-            "not_servable_on": (t.unservable_on if t.unservable_on
-                                and t.unservable_on == bases.get(t.base_encoder_id) else None),
+            "not_servable_on": unservable if unservable and unservable == base else None,
         })
     return rows
+
+
+def track_languages(s: Session, task: str) -> list[str]:
+    """The languages with a track of `task` (no adapter is read)."""
+    return list(s.scalars(select(Track.language).where(Track.task == task)
+                          .order_by(Track.language)))
+
+
+def active_upgrades(s: Session) -> list[UpgradeState]:
+    """The upgrades in flight (at most one per track), typed; finished ones are not read."""
+    from registry.commands.upgrade import upgrade_state
+    from registry.upgrades import ACTIVE
+
+    q = (select(BaseUpgrade).where(BaseUpgrade.status.in_([str(x) for x in ACTIVE]))
+         .order_by(BaseUpgrade.id))
+    return [upgrade_state(s, row) for row in s.scalars(q)]
 
 
 def history(s: Session, task: str | None = None, language: str | None = None,

@@ -147,6 +147,12 @@ class CachedResolver:
             self._seen_event_id = newest
         self._checked_at = time.monotonic()
 
+    def revalidate(self) -> None:
+        """Check once (one max(events.id) query) whether any route may have changed; a
+        batch calls it before resolving its requests, so the check is per batch."""
+        with self._lock:
+            self._revalidate()
+
     def resolve(self, task: str, language: str, routing_key: str) -> Resolution:
         if time.monotonic() - self._checked_at > self.ttl:
             with self._lock:

@@ -201,6 +201,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # where the running attempt runs (registry.jobs): a thread, a pid or a Ray task, so a
+    # restarted controller polls it instead of launching another; and on which device
+    handle: Mapped[str | None] = mapped_column(String(300))
+    device: Mapped[str | None] = mapped_column(String(50))
 
 
 class InferenceEvent(Base):

@@ -177,8 +177,9 @@ class Registry:
         return self._write(records.create_job, kind, params, executor, task, language)
 
     def update_job(self, job_id: int, status: str, result: dict[str, Any] | None = None,
-                   error: str | None = None) -> Any:
-        return self._write(records.update_job, job_id, status, result, error)
+                   error: str | None = None, handle: str | None = None,
+                   device: str | None = None) -> Any:
+        return self._write(records.update_job, job_id, status, result, error, handle, device)
 
     def record_gate_result(self, task: str, language: str, version: int,
                            gates: list[dict[str, Any]]) -> Any:
@@ -263,8 +264,9 @@ class Registry:
         with self.reading() as s:
             return fn(s, *args, **kwargs)
 
-    def status(self, task: str | None = None) -> list[dict[str, Any]]:
-        return self.query(queries.status, task)
+    def status(self, task: str | None = None,
+               language: str | None = None) -> list[dict[str, Any]]:
+        return self.query(queries.status, task, language)
 
     def resolve(self, task: str, language: str, routing_key: str) -> Resolution:
         return resolve(self.db, task, language, routing_key)

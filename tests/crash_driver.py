@@ -182,6 +182,7 @@ def run_replica(url: str, home: str, actor: str, work_dir: str, limit_s: float) 
         before = _revisions(drill.reg)
         lines = drill.controller.tick()
         leader = bool(lines)
+        lines += drill.controller.settle_training()
         ticks += 1
         led_ticks += leader
         idle = idle + 1 if leader and _revisions(drill.reg) == before else 0

@@ -123,7 +123,9 @@ class Drill:
             self.request_upgrade()
         self.serve_hour(hour)
         self.clock._now = START + (hour + 1) * HOUR
-        return self.controller.tick()
+        # the tick launches trainings and returns; in simulated time each hour's trainings
+        # end within it (as the tick in the real loop would see them on a later tick)
+        return self.controller.tick() + self.controller.settle_training()
 
 
 def final_state(reg: Registry) -> dict[str, object]:

@@ -56,7 +56,7 @@ def test_failing_language_is_tried_differently_then_marked(sqlite_url: str, tmp_
     log = []
     for hour in range(16):
         clock._now = START + hour * HOUR
-        log.append(controller.tick())
+        log.append(controller.tick() + controller.settle_training())
 
     jobs = [e["after"]["params"] for e in reg.query(queries.history, TASK, "sr-Latn")
             if e["action"] == "job_created"]

@@ -23,7 +23,9 @@ def controller() -> None:
 @controller.command("run")
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False),
               help="Policy file (TOML); defaults apply to every field left out.")
-@click.option("--once", is_flag=True, help="One tick and one outbox drain, then exit.")
+@click.option("--once", is_flag=True,
+              help="One tick and one outbox drain, then exit (inline trainings it "
+                   "launches are waited for).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (overrides [metrics] port; "
                    "0 picks a free one).")
@@ -50,7 +52,9 @@ def controller_run(app: AppContext, policy_path: str | None, once: bool,
     if port is not None and not once:
         ctl.serve_metrics(port, metrics_host or policy.metrics.host)
     if once:
-        lines = ctl.run_once()
+        # an inline training is a thread of this process: --once waits for it (and for
+        # the queued ones it frees slots for); a subprocess training outlives the process
+        lines = ctl.run_once(settle=policy.executor == "inline")
         if not lines:
             click.echo("nothing to do (no controlled tracks, or another replica leads)")
         return

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from registry.commands.lookups import adapter_by_version
-from registry.errors import InvalidInput, NotFound
+from registry.errors import InvalidInput, InvalidTransition, NotFound
 from registry.languages import canonical_language
 from registry.schema import (
     CanaryAnalysis,
@@ -39,23 +39,41 @@ def create_job(uow: UnitOfWork, kind: str, params: dict[str, Any], executor: str
     return job
 
 
+def launch_job(uow: UnitOfWork, job_id: int, handle: str, device: str | None) -> Job:
+    """A queued job was launched: record where (the precondition keeps a job from being
+    launched twice: a second launch finds it running and changes nothing)."""
+    job = uow.session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise NotFound(f"no job {job_id}", "list jobs with `xlt history`")
+    if job.status != "queued":
+        raise InvalidTransition(f"job {job_id} is {job.status}, not queued",
+                                "it was launched already; the controller polls it")
+    return update_job(uow, job_id, "running", handle=handle, device=device)
+
+
 def update_job(uow: UnitOfWork, job_id: int, status: str, result: dict[str, Any] | None = None,
-               error: str | None = None) -> Job:
+               error: str | None = None, handle: str | None = None,
+               device: str | None = None) -> Job:
+    """Move a job: `running` records where it was launched (handle, device) and counts an
+    attempt; `queued` again (its worker was lost) forgets the handle; `succeeded`/`failed`
+    record the outcome."""
     if status not in JOB_STATUSES:
         raise InvalidInput(f"job status {status!r} unknown", f"use one of {JOB_STATUSES}")
     job = uow.session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise NotFound(f"no job {job_id}", "list jobs with `xlt history`")
-    before = {"status": job.status}
+    before = {"status": job.status, "handle": job.handle}
     job.status = status
     if status == "running":
-        # result holds who runs it (host, pid) so a dead worker can be told from a slow one
         job.started_at, job.attempts, job.result = utcnow(), job.attempts + 1, result
+        job.handle, job.device = handle, device
+    if status == "queued":
+        job.handle = job.device = None
     if status in ("succeeded", "failed"):
         job.finished_at, job.result, job.error = utcnow(), result, error
     uow.event(f"job_{status}", task=job.task, language=job.language, before=before,
               after={"job_id": job.id, "kind": job.kind, "status": status, "result": result,
-                     "error": error})
+                     "error": error, "handle": job.handle, "device": job.device})
     return job
 
 

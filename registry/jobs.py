@@ -1,0 +1,48 @@
+"""Typed job state: what the controller reads of a job row (never a free dict).
+
+A training job is `queued` (waiting for a slot), `running` (launched: `handle` says where,
+`device` on what), then `succeeded` or `failed`. A running job whose worker is gone goes
+back to `queued` (and is launched again) until its attempts run out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from registry.schema import Job
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    kind: str
+    task: str | None
+    language: str | None
+    status: JobStatus
+    params: dict[str, Any]
+    executor: str
+    attempts: int
+    handle: str | None  # executor-specific: thread:/pid:/ray: ... (controller.executors)
+    device: str | None
+    created_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        return cls(job.id, job.kind, job.task, job.language, JobStatus(job.status),
+                   dict(job.params or {}), job.executor, int(job.attempts or 0), job.handle,
+                   job.device, job.created_at, job.result, job.error)

@@ -1,0 +1,164 @@
+"""The tick never waits on a training (tiny model, real training and registry): jobs are
+launched up to the policy's slots and polled; the rest wait in a fair queue; a worker that
+never claims its job trains nothing; the subprocess executor is polled the same way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import job_queue
+from controller.clock import ManualClock
+from controller.executors import InlineExecutor, SubprocessExecutor
+from controller.live_ops import LiveOperations
+from controller.policy import parse_policy
+from controller.reconciler import Reconciler
+from controller.serving import ModelCache
+from registry.jobs import JobStatus, JobView
+from registry.schema import Job
+from tests.loop_support import START, TASK, open_registry, setup
+
+POLICY = """
+base = "tiny@1"
+[[tracks]]
+task = "emoji-group"
+language = "hi"
+[[tracks]]
+task = "emoji-group"
+language = "sw"
+[[tracks]]
+task = "emoji-group"
+language = "yo"
+[gates]
+min_accuracy = 0.0
+min_macro_f1 = 0.0
+max_ece = 1.0
+min_english_accuracy = 0.0
+relative_epsilon = 1.0
+fairness_floor = 0.0
+bootstrap_samples = 100
+[training]
+epochs = 1
+device = "cpu"
+max_concurrent = 2
+"""
+
+
+def _job(i: int, language: str, minutes: int, status: str = "queued",
+         device: str | None = None) -> JobView:
+    return JobView(i, "train", TASK, language, JobStatus(status), {}, "inline", 0, None,
+                   device, datetime(2027, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes),
+                   None, None)
+
+
+def test_fair_queue_oldest_first_and_round_robin() -> None:
+    queued = [_job(1, "hi", 5), _job(2, "sw", 1), _job(3, "yo", 3), _job(4, "sw", 2)]
+    order = [j.id for j in job_queue.fair_order(queued)]
+    assert order == [2, 3, 1, 4]  # sw (oldest), yo, hi, then sw's second job
+    launches = job_queue.plan(queued, [_job(9, "fr", 0, "running")], job_queue.Slots(2))
+    assert [launch.job.id for launch in launches] == [2]  # one slot left of two
+    assert job_queue.plan(queued, [], job_queue.Slots(1))[0].job.id == 2
+
+
+def test_per_gpu_limit_places_jobs_on_the_least_loaded_gpu() -> None:
+    queued = [_job(i, lang, i) for i, lang in enumerate(["hi", "sw", "yo", "am"], 1)]
+    running = [_job(9, "fr", 0, "running", "cuda:0")]
+    launches = job_queue.plan(queued, running, job_queue.Slots(10, per_gpu=2, gpus=2))
+    assert [(launch.job.id, launch.device) for launch in launches] == [
+        (1, "cuda:1"), (2, "cuda:0"), (3, "cuda:1")]  # 2 per GPU, then every GPU is full
+
+
+def _jobs(reg: Any) -> dict[str, JobView]:
+    with reg.reading() as s:
+        return {j.language: JobView.of(j) for j in s.query(Job).order_by(Job.id)}
+
+
+@pytest.mark.slow
+def test_tick_launches_and_returns_while_training_runs(sqlite_url: str, tmp_path: Path,
+                                                       tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    setup(sqlite_url, home, tiny_model_dir)
+    reg = open_registry(sqlite_url, home)
+    policy = parse_policy(POLICY)
+    clock = ManualClock(START)
+    ops = LiveOperations(reg, policy, models=ModelCache(reg, "cpu"), clock=clock)
+    gate = threading.Event()  # holds every training until the tick has returned
+
+    def train(task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
+        assert gate.wait(120)
+        return ops.train(task, language, params)
+
+    executor = InlineExecutor(reg, train)
+    rec = Reconciler(reg, policy, ops, clock, executor=executor)
+    lines = rec.tick()
+    jobs = _jobs(reg)
+    # three first champions to train, two slots: two launched, the third queued
+    assert sorted(j.status for j in jobs.values()) == ["queued", "running", "running"], lines
+    assert jobs["yo"].status == "queued"  # created last: waits
+    assert all(j.handle and j.handle.startswith("thread:") for j in jobs.values()
+               if j.status == "running")
+    assert "1 training job(s) wait for a slot (2 running)" in lines
+    again = rec.tick()  # polls: still running, nothing launched, nothing waited on
+    assert any("running (thread:" in line for line in again), again
+    assert {r["phase"] for r in reg.status(TASK)} == {"RETRAINING"}
+
+    gate.set()
+    executor.wait(300)
+    lines = rec.tick()  # hi and sw to GATING; yo launched in the freed slot
+    phases = {r["language"]: r["phase"] for r in reg.status(TASK)}
+    assert phases == {"hi": "GATING", "sw": "GATING", "yo": "RETRAINING"}, lines
+    assert _jobs(reg)["yo"].status == "running"
+    executor.wait(300)
+    rec.tick()
+    assert {r["language"]: r["phase"] for r in reg.status(TASK)}["yo"] == "GATING"
+    assert [j.attempts for j in _jobs(reg).values()] == [1, 1, 1]  # each launched once
+
+
+@pytest.mark.slow
+def test_subprocess_executor_is_polled_and_lost_workers_relaunched(
+        sqlite_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    setup(sqlite_url, home, tiny_model_dir)
+    reg = open_registry(sqlite_url, home)
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(POLICY.replace('language = "sw"', 'language = "hi-Latn"')
+                           .replace('[[tracks]]\ntask = "emoji-group"\nlanguage = "yo"\n', "")
+                           .replace("max_concurrent = 2", "max_concurrent = 1"))
+    policy = parse_policy(policy_file.read_text())
+    clock = ManualClock(START)
+    ops = LiveOperations(reg, policy, models=ModelCache(reg, "cpu"), clock=clock)
+    rec = Reconciler(reg, policy, ops, clock,
+                     executor=SubprocessExecutor(reg, str(policy_file)))
+    rec.tick()
+    hi = _jobs(reg)["hi"]
+    assert hi.status == "running" and hi.handle and hi.handle.startswith("pid:")
+    # the controller "restarts": a new executor knows nothing of the worker but its pid
+    rec.executor = SubprocessExecutor(reg, str(policy_file))
+    assert "running (pid:" in " ".join(rec.tick())
+    deadline = time.monotonic() + 300
+    while _jobs(reg)["hi"].status == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _jobs(reg)["hi"].status == "succeeded", (home / "jobs" / f"{hi.id}.log").read_text()
+    lines = rec.tick()  # hi to GATING; hi-Latn launched in the freed slot
+    latn = _jobs(reg)["hi-Latn"]
+    assert {r["language"]: r["phase"] for r in reg.status(TASK)}["hi"] == "GATING", lines
+    assert latn.status == "running"
+    # its worker dies before training: the next tick finds the pid gone and launches again
+    import os
+    import signal
+
+    os.kill(int(latn.handle.rsplit(":", 1)[1]), signal.SIGKILL)  # type: ignore[union-attr]
+    rec.executor.wait(30)  # reaps it
+    lines = rec.tick()
+    assert any("lost, queued again" in line for line in lines), lines
+    relaunched = _jobs(reg)["hi-Latn"]
+    assert relaunched.status == "running" and relaunched.attempts == 2
+    assert relaunched.handle != latn.handle
+    rec.executor.wait(300)
+    rec.tick()
+    assert {r["language"]: r["phase"] for r in reg.status(TASK)}["hi-Latn"] == "GATING"
