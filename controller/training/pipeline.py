@@ -32,7 +32,7 @@ from controller.training.head_cache import cached_teacher_head
 from controller.training.state_cache import BaseStateCache
 from controller.training.teacher import choose_teacher
 from registry import queries
-from registry.errors import IncompatibleAdapter, InvalidInput, NotFound
+from registry.errors import AlreadyExists, IncompatibleAdapter, InvalidInput, NotFound
 from registry.fingerprint import loaded_model_fingerprint
 from registry.languages import canonical_language
 
@@ -68,11 +68,17 @@ def ensure_dataset(registry: Any, language: str, split: str,
         raise NotFound(f"{manifest['name']}@{version} has no {split} rows for {language}",
                        f"languages: {', '.join(sorted(manifest['per_language']))}")
     prov = cldr.provenance()
-    ds = registry.register_dataset(
-        name=manifest["name"], language=language, split=split, version=version,
-        path=cldr.split_path(split, data_dir), source=prov["source"], licence=prov["licence"],
-        consent=prov["consent"], rows=int(rows),
-        collected_at=datetime.fromisoformat(prov["collected_at"]).replace(tzinfo=UTC))
+    try:
+        ds = registry.register_dataset(
+            name=manifest["name"], language=language, split=split, version=version,
+            path=cldr.split_path(split, data_dir), source=prov["source"],
+            licence=prov["licence"], consent=prov["consent"], rows=int(rows),
+            collected_at=datetime.fromisoformat(prov["collected_at"]).replace(tzinfo=UTC))
+    except AlreadyExists:  # a concurrent training registered it between our read and write
+        for row in registry.query(queries.list_datasets, manifest["name"], language):
+            if row["split"] == split and row["version"] == version:
+                return int(row["id"])
+        raise
     return int(ds.id)
 
 
