@@ -8,6 +8,7 @@ exponential backoff, several minutes per call.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -22,22 +23,27 @@ FAST_FAIL_ENV = {
 }
 UNAVAILABLE_CODES = {"TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTENANCE"}
 UNAVAILABLE_HTTP = {502, 503, 504}
+# MLflow's tracking/registry URIs are process-wide: two threads of one process (an inline
+# training logging its model while the outbox drain logs another) must not swap them under
+# each other, or one logs into the other's store (or the default ./mlflow.db)
+_GLOBAL_URI_LOCK = threading.RLock()
 
 
 @contextmanager
 def fast_fail() -> Iterator[None]:
     """Fail MLflow HTTP calls at once unless the user set these variables themselves."""
-    saved = {key: os.environ.get(key) for key in FAST_FAIL_ENV}
-    for key, value in FAST_FAIL_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+    with _GLOBAL_URI_LOCK:  # the environment is process-wide too
+        saved = {key: os.environ.get(key) for key in FAST_FAIL_ENV}
+        for key, value in FAST_FAIL_ENV.items():
+            os.environ.setdefault(key, value)
+        try:
+            yield
+        finally:
+            for key, old in saved.items():
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
 
 
 @contextmanager
@@ -54,21 +60,23 @@ def global_uri(tracking_uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    old_tracking = getattr(tracking_utils, "_tracking_uri", None)
-    old_registry = getattr(registry_utils, "_registry_uri", None)
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(old_tracking)
-        registry_utils._registry_uri = old_registry  # set_registry_uri(None) keeps the env
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with _GLOBAL_URI_LOCK:
+        old_tracking = getattr(tracking_utils, "_tracking_uri", None)
+        old_registry = getattr(registry_utils, "_registry_uri", None)
+        saved = {key: os.environ.get(key)
+                 for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(old_tracking)
+            registry_utils._registry_uri = old_registry  # set_registry_uri(None) keeps the env
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
