@@ -108,3 +108,17 @@ def test_shipped_dataset_rebuilds_identically(tmp_path: Path) -> None:
     shipped = cldr.load_manifest()
     for split in cldr.SPLITS:
         assert manifest["splits"][split]["sha256"] == shipped["splits"][split]["sha256"]
+
+
+def test_data_dir_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XLT_DATA_DIR points every reader at a dataset built elsewhere; a missing one is a
+    clear error, not the shipped data in disguise."""
+    build(tmp_path / "built")
+    monkeypatch.setenv(cldr.DATA_ENV, str(tmp_path / "built"))
+    assert set(cldr.load_manifest()["per_language"]) == {"en", "sw", "yo", "yo-BJ", "sr-Latn"}
+    assert set(cldr.load_split("train")["language"]) <= {"en", "sw", "yo", "yo-BJ", "sr-Latn"}
+    monkeypatch.setenv(cldr.DATA_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(cldr.ArtifactError, match="no dataset manifest"):
+        cldr.load_manifest()
+    monkeypatch.delenv(cldr.DATA_ENV)
+    assert cldr.dataset_dir() == cldr.SHIPPED_DIR

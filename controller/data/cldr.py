@@ -35,6 +35,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
@@ -72,6 +73,9 @@ DEFAULT_LOCALES = (
 VARIANT_LOCALES = frozenset({"yo_BJ", "hi_Latn", "sr_Latn", "pa_Arab"})
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "cldr_emoji"
+# a dataset built elsewhere (`python -m controller.data --out DIR --locales ...`), e.g. with
+# more locales than the shipped 27; every reader (training, drift, traffic) takes it from here
+DATA_ENV = "XLT_DATA_DIR"
 DEBIAN_ANNOTATIONS = Path("/usr/share/unicode/cldr/common/annotations")
 DEBIAN_EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 DEBIAN_COPYRIGHT = Path("/usr/share/doc/unicode-cldr-core/copyright")
@@ -225,14 +229,25 @@ def build_cldr(annotations_dir: str | Path = DEBIAN_ANNOTATIONS,
     return manifest
 
 
-def load_manifest(data_dir: str | Path = SHIPPED_DIR) -> dict[str, Any]:
-    return json.loads((Path(data_dir) / "manifest.json").read_text(encoding="utf-8"))
+def dataset_dir() -> Path:
+    """$XLT_DATA_DIR when set, else the shipped dataset."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else SHIPPED_DIR
 
 
-def split_path(split: str, data_dir: str | Path = SHIPPED_DIR) -> Path:
+def load_manifest(data_dir: str | Path | None = None) -> dict[str, Any]:
+    path = Path(data_dir or dataset_dir()) / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"no dataset manifest at {path}",
+                            f"build one with `python -m controller.data --out DIR` or unset "
+                            f"{DATA_ENV}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def split_path(split: str, data_dir: str | Path | None = None) -> Path:
     if split not in SPLITS:
         raise ArtifactError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
-    return Path(data_dir) / f"{split}.jsonl.gz"
+    return Path(data_dir or dataset_dir()) / f"{split}.jsonl.gz"
 
 
 def verify_sha256(path: Path, expected: str) -> bytes:
@@ -246,7 +261,7 @@ def verify_sha256(path: Path, expected: str) -> bytes:
 
 
 def load_split(split: str, languages: Sequence[str] | None = None,
-               data_dir: str | Path = SHIPPED_DIR) -> pd.DataFrame:
+               data_dir: str | Path | None = None) -> pd.DataFrame:
     """One split as a DataFrame, after checking the file's sha256 against the manifest."""
     manifest = load_manifest(data_dir)
     data = verify_sha256(split_path(split, data_dir), manifest["splits"][split]["sha256"])

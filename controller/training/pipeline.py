@@ -52,7 +52,7 @@ def task_spec(task: str) -> tuple[str, tuple[str, ...]]:
 
 
 def ensure_dataset(registry: Any, language: str, split: str,
-                   data_dir: str | Path = cldr.SHIPPED_DIR) -> int:
+                   data_dir: str | Path | None = None) -> int:
     """Id of the registered `cldr-emoji` (language, split), registering it on first use.
 
     A split file holds every language; each (language, split) is registered with that
