@@ -26,17 +26,16 @@ from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.cli.output import emit_table  # noqa: E402
 from controller.demo_loop import (  # noqa: E402
     TASK,
     DemoScript,
     languages_picture,
     prepare_home,
+    print_final,
     run_hours,
 )
 from controller.encoder import demo_base_dir  # noqa: E402
 from controller.policy import load_policy  # noqa: E402
-from registry import queries  # noqa: E402
 from registry.errors import XltError  # noqa: E402
 from registry.service import Registry  # noqa: E402
 
@@ -72,25 +71,7 @@ def main() -> None:
 
 
 def finish(reg: Registry, home: Path, seconds: float) -> None:
-    click.echo("\nfinal status:")
-    emit_table(reg.status(TASK), ["task", "language", "base", "champion", "canary",
-                                  "canary_weight", "previous", "phase", "revision"])
-    click.echo("\nadapters:")
-    rows = reg.query(queries.list_adapters, TASK)
-    for r in rows:
-        r["accuracy"] = round(r["metrics"].get("accuracy", 0), 3)
-        r["data"] = "+".join(r["hyperparams"].get("data_languages", []))
-        if r["hyperparams"].get("shuffle_pairs"):
-            r["data"] += " (shuffled pairs)"
-    emit_table(rows, ["language", "version", "status", "teacher_language", "data", "accuracy"])
-    hints = [(f"xlt history --task {TASK} --lang hi", "the audit log of the hi loop"),
-             (f"ls {home / 'reports' / TASK}", "Evidently reports (HTML for drift)"),
-             ("xlt mlflow ui", "versions, aliases, runs (http://127.0.0.1:5000)"),
-             ("xlt status --json", "for scripts")]
-    width = max(len(cmd) for cmd, _ in hints)
-    click.echo(f"\ndone in {seconds:.0f} s. Look next (XLT_HOME={home}):")
-    for cmd, what in hints:
-        click.echo(f"  {cmd.ljust(width)}  {what}")
+    print_final(reg, TASK, home, seconds, None, [])
 
 
 if __name__ == "__main__":

@@ -109,3 +109,40 @@ def languages_picture(reg: Registry, policy: Policy) -> str:
     result = report_languages(reg, TASK, [t.language for t in policy.tracks if t.task == TASK],
                               policy.base, reg.settings.reports_dir / "languages")
     return str(result["png"])
+
+
+def print_final(reg: Registry, task: str, home: Path, seconds: float,
+                upgrade_rows: list[dict[str, object]] | None,
+                hints: list[tuple[str, str]]) -> None:
+    """The demo's closing tables (status, the upgrade per track if any, adapters) and
+    where to look next."""
+    from controller.cli.output import emit_table
+    from registry import queries
+
+    click.echo("\nfinal status:")
+    emit_table(reg.status(task), ["task", "language", "base", "champion", "canary",
+                                  "canary_weight", "previous", "phase", "revision"])
+    if upgrade_rows is not None:
+        click.echo("\nthe upgrade, per track (held-out accuracy of the champion before and "
+                   "now):")
+        emit_table(upgrade_rows, ["language", "upgrade", "base_before", "before",
+                                  "base_after", "after"])
+    click.echo("\nadapters:")
+    rows = reg.query(queries.list_adapters, task)
+    for r in rows:
+        r["accuracy"] = round(r["metrics"].get("accuracy", 0), 3)
+        r["data"] = "+".join(r["hyperparams"].get("data_languages", []))
+        if r["hyperparams"].get("shuffle_pairs"):
+            r["data"] += " (shuffled pairs)"
+    emit_table(rows, ["language", "version", "status",
+                      *(["base"] if upgrade_rows is not None else []), "teacher_language",
+                      "data", "accuracy"])
+    hints = [*hints,
+             (f"xlt history --task {task} --lang hi", "the audit log of the hi loop"),
+             (f"ls {home / 'reports' / task}", "Evidently reports (HTML for drift)"),
+             ("xlt mlflow ui", "versions, aliases, runs (http://127.0.0.1:5000)"),
+             ("xlt status --json", "for scripts")]
+    width = max(len(cmd) for cmd, _ in hints)
+    click.echo(f"\ndone in {seconds:.0f} s. Look next (XLT_HOME={home}):")
+    for cmd, what in hints:
+        click.echo(f"  {cmd.ljust(width)}  {what}")

@@ -31,12 +31,12 @@ from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.cli.output import emit_table  # noqa: E402
 from controller.demo_loop import (  # noqa: E402
     TASK,
     DemoScript,
     languages_picture,
     prepare_home,
+    print_final,
     run_hours,
 )
 from controller.encoder import demo_base_dir  # noqa: E402
@@ -111,31 +111,9 @@ def upgrade_table(reg: Registry) -> list[dict[str, object]]:
 
 
 def finish(reg: Registry, home: Path, seconds: float) -> None:
-    click.echo("\nfinal status:")
-    emit_table(reg.status(TASK), ["task", "language", "base", "champion", "canary",
-                                  "canary_weight", "previous", "phase", "revision"])
-    click.echo("\nthe upgrade, per track (held-out accuracy of the champion before and now):")
-    emit_table(upgrade_table(reg), ["language", "upgrade", "base_before", "before",
-                                    "base_after", "after"])
-    click.echo("\nadapters:")
-    rows = reg.query(queries.list_adapters, TASK)
-    for r in rows:
-        r["accuracy"] = round(r["metrics"].get("accuracy", 0), 3)
-        r["data"] = "+".join(r["hyperparams"].get("data_languages", []))
-        if r["hyperparams"].get("shuffle_pairs"):
-            r["data"] += " (shuffled pairs)"
-    emit_table(rows, ["language", "version", "status", "base", "teacher_language", "data",
-                      "accuracy"])
-    hints = [("xlt encoder impact me5-small@1", "the upgrade's progress per track"),
-             (f"xlt history --task {TASK} --lang sw --json", "sw: upgrade canary and promote"),
-             (f"xlt history --task {TASK} --lang hi", "the audit log of the hi loop"),
-             (f"ls {home / 'reports' / TASK}", "Evidently reports (HTML for drift)"),
-             ("xlt mlflow ui", "versions, aliases, runs (http://127.0.0.1:5000)"),
-             ("xlt status --json", "for scripts")]
-    width = max(len(cmd) for cmd, _ in hints)
-    click.echo(f"\ndone in {seconds:.0f} s. Look next (XLT_HOME={home}):")
-    for cmd, what in hints:
-        click.echo(f"  {cmd.ljust(width)}  {what}")
+    print_final(reg, TASK, home, seconds, upgrade_table(reg), [
+        ("xlt encoder impact me5-small@1", "the upgrade's progress per track"),
+        (f"xlt history --task {TASK} --lang sw --json", "sw: upgrade canary and promote")])
 
 
 if __name__ == "__main__":
