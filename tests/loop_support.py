@@ -22,6 +22,16 @@ START = datetime(2027, 1, 4, tzinfo=UTC).timestamp()
 HOUR = 3600.0
 EVENTS_PER_HOUR = 300
 
+# the tiny random model is not under test for quality: every gate's floor is open
+OPEN_GATES_TOML = """[gates]
+min_accuracy = 0.0
+min_macro_f1 = 0.0
+max_ece = 1.0
+min_english_accuracy = 0.0
+relative_epsilon = 1.0
+fairness_floor = 0.0
+bootstrap_samples = 100
+"""
 LOOP_POLICY = """
 base = "tiny@1"
 check_interval_s = 3600

@@ -34,7 +34,7 @@ from registry import queries  # noqa: E402
 from registry.jobs import JobView  # noqa: E402
 from registry.schema import Job  # noqa: E402
 from registry.service import Registry  # noqa: E402
-from tests.loop_support import START, TASK, open_registry, setup  # noqa: E402
+from tests.loop_support import OPEN_GATES_TOML, START, TASK, open_registry, setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = """
@@ -43,15 +43,7 @@ executor = "ray"
 [[tracks]]
 task = "emoji-group"
 language = "LANG"
-[gates]
-min_accuracy = 0.0
-min_macro_f1 = 0.0
-max_ece = 1.0
-min_english_accuracy = 0.0
-relative_epsilon = 1.0
-fairness_floor = 0.0
-bootstrap_samples = 100
-[training]
+""" + OPEN_GATES_TOML + """[training]
 epochs = 1
 device = "cpu"
 teacher = "en"

@@ -21,7 +21,7 @@ from controller.reconciler import Reconciler
 from controller.serving import ModelCache
 from registry.jobs import JobStatus, JobView
 from registry.schema import Job
-from tests.loop_support import START, TASK, open_registry, setup
+from tests.loop_support import OPEN_GATES_TOML, START, TASK, open_registry, setup
 
 POLICY = """
 base = "tiny@1"
@@ -34,15 +34,7 @@ language = "sw"
 [[tracks]]
 task = "emoji-group"
 language = "yo"
-[gates]
-min_accuracy = 0.0
-min_macro_f1 = 0.0
-max_ece = 1.0
-min_english_accuracy = 0.0
-relative_epsilon = 1.0
-fairness_floor = 0.0
-bootstrap_samples = 100
-[training]
+""" + OPEN_GATES_TOML + """[training]
 epochs = 1
 device = "cpu"
 max_concurrent = 2
