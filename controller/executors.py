@@ -2,8 +2,9 @@
 returned handle is written on the job row in the same step) and on later ticks `poll`s it.
 
   inline      a thread of the controller process (the embedded default and the tests);
-              handle thread:HOST:PID:JOB. A killed controller takes its threads along:
-              the next controller finds the pid dead and launches the job again.
+              handle thread:HOST:PID:JOB.N (N: the launch). A killed controller takes its
+              threads along: the next controller finds the pid dead and launches the job
+              again.
   subprocess  `python -m controller.worker JOB_ID` in its own session, so a training
               survives a controller restart; handle pid:HOST:PID.
   ray         a Ray task on a cluster (controller.ray_executor); handle ray:...
@@ -16,6 +17,7 @@ never trains twice."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.owner import pid_alive
+from registry.errors import StaleRevision
 from registry.jobs import JobStatus, JobView
 from registry.schema import Job
 from registry.service import Registry
@@ -37,6 +40,7 @@ from registry.service import Registry
 log = logging.getLogger("xlt.controller")
 TrainFn = Callable[[str, str, dict[str, Any]], dict[str, Any]]  # (task, language, params)
 CLAIM_WAIT_S = 60.0
+OUTCOME_RETRY_S = 600.0  # how long a finished worker keeps trying to record its outcome
 
 
 class Progress(StrEnum):
@@ -71,7 +75,7 @@ class Executor(Protocol):
 def handle_poll(handle: str | None) -> Poll:
     """A handle another executor (or another process) made: alive while its process is."""
     kind, _, rest = (handle or "").partition(":")
-    if kind == "thread":  # thread:HOST:PID:JOB
+    if kind == "thread":  # thread:HOST:PID:JOB.N
         owner = rest.rsplit(":", 1)[0]
     elif kind == "pid":
         owner = rest
@@ -105,9 +109,36 @@ def run_claimed(registry: Registry, job: JobView, train: TrainFn,
         result = train(params["task"], params["language"], params)
     except Exception as exc:  # recorded on the job; the controller retries or alerts
         log.exception("training job %s failed", job.id)
-        registry.update_job(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+        record_outcome(registry, job, "failed", error=f"{type(exc).__name__}: {exc}")
         return
-    registry.update_job(job.id, "succeeded", result=result)
+    record_outcome(registry, job, "succeeded", result=result)
+
+
+def record_outcome(registry: Registry, job: JobView, status: str,
+                   result: dict[str, Any] | None = None, error: str | None = None) -> bool:
+    """Write a finished worker's outcome on its job row, retrying while the database does
+    not answer: a worker that ends without writing leaves its job `running`, and while its
+    process lives nothing else would notice before the policy's `timeout_s`. The write is
+    refused (and dropped) when the job no longer runs under this worker's handle."""
+    from controller.leader import is_database_error
+
+    delay, deadline = 1.0, time.monotonic() + OUTCOME_RETRY_S
+    while True:
+        try:
+            registry.update_job(job.id, status, result=result, error=error, worker=job.handle)
+            return True
+        except StaleRevision as exc:
+            log.warning("training job %s: outcome %s dropped: %s", job.id, status, exc)
+            return False
+        except Exception as exc:
+            if not is_database_error(exc) or time.monotonic() > deadline:
+                log.exception("training job %s: outcome %s could not be recorded", job.id,
+                              status)
+                return False
+            log.warning("training job %s: recording outcome %s failed (%s); retrying in "
+                        "%.0f s", job.id, status, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 class InlineExecutor:
@@ -118,12 +149,15 @@ class InlineExecutor:
         self.registry = Registry(registry.settings, actor="worker")
         self.train = train
         self._threads: dict[int, threading.Thread] = {}
+        self._launches = itertools.count(1)
 
     def gpu_count(self) -> int:
         return _local_gpus()
 
     def launch(self, job: JobView, device: str | None) -> str:
-        handle = f"thread:{socket.gethostname()}:{os.getpid()}:{job.id}"
+        # the launch number tells a relaunch of the job (after a timeout) from the thread
+        # it replaced, so the old thread's late outcome is refused
+        handle = f"thread:{socket.gethostname()}:{os.getpid()}:{job.id}.{next(self._launches)}"
         thread = threading.Thread(target=self._run, args=(job.id, handle, device),
                                   name=f"xlt-train-{job.id}", daemon=True)
         self._threads[job.id] = thread

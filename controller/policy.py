@@ -84,6 +84,10 @@ class TrainingPolicy(Strict):
     epochs: int = Field(6, ge=1)
     teacher: str | None = None  # None: English, or the nearest registered language by URIEL
     max_attempts: int = Field(2, ge=1)
+    # a training running longer than this is given up as lost (a hung worker whose process
+    # lives on): launched again, or failed once its attempts are spent; its late outcome,
+    # if it ever comes, is dropped
+    timeout_s: float = Field(6 * 3600.0, gt=0)
     seed: int = 0
     device: str = "auto"
     # the tick never waits on a training: it launches up to these many at once and polls

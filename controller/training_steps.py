@@ -71,6 +71,9 @@ class TrainingSteps:
             return f"training job {job.id} queued for a training slot"
         poll: Poll = self.executor.poll(job)
         if poll.progress == Progress.RUNNING:
+            ran = job.running_for()
+            if ran is not None and ran > self.policy.training.timeout_s:
+                return self._lost(t, job, f"timed out after {ran:.0f} s")
             return f"training job {job.id} running ({job.handle})"
         if poll.result is not None:  # an executor that hands the outcome back (Ray)
             return self._record_trained(t, job, poll.result)
@@ -84,21 +87,23 @@ class TrainingSteps:
             return self._retraining(t, tp, again)
         return self._lost(t, again)
 
-    def _lost(self, t: TrackState, job: JobView) -> str:
-        """The worker is gone and never wrote an outcome (a killed controller or worker):
-        run the job again (the job id travels with its adapter, so a rerun after the
-        adapter was registered reuses it) until its attempts are spent."""
+    def _lost(self, t: TrackState, job: JobView, why: str = "lost") -> str:
+        """The worker is gone and never wrote an outcome (a killed controller or worker),
+        or it overran the policy's timeout: run the job again (the job id travels with its
+        adapter, so a rerun after the adapter was registered reuses it) until its attempts
+        are spent."""
         if job.attempts < self.policy.training.max_attempts:
             with self._uow() as uow:
                 records.update_job(uow, job.id, "queued",
-                                   error=f"worker {job.handle} lost; launched again")
+                                   error=f"worker {job.handle} {why}; launched again")
             failpoints.after_commit()
-            return f"training job {job.id}: worker {job.handle} lost, queued again"
+            return f"training job {job.id}: worker {job.handle} {why}, queued again"
         with self._uow() as uow:
             records.update_job(uow, job.id, "failed",
-                               error=f"worker lost on each of {job.attempts} attempts")
+                               error=f"worker {why} on attempt {job.attempts} of "
+                                     f"{job.attempts}")
         failpoints.after_commit()
-        return f"training job {job.id}: worker lost {job.attempts} times: failed"
+        return f"training job {job.id}: worker {why} on its last attempt: failed"
 
     def _record_trained(self, t: TrackState, job: JobView, result: dict[str, Any]) -> str:
         version = int(result["version"])

@@ -7,7 +7,7 @@ back to `queued` (and is launched again) until its attempts run out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -40,9 +40,19 @@ class JobView:
     created_at: datetime | None
     result: dict[str, Any] | None
     error: str | None
+    started_at: datetime | None = None  # when the running attempt was launched
+
+    def running_for(self, now: datetime | None = None) -> float | None:
+        """Seconds since the running attempt was launched (wall time: the database's
+        clock wrote started_at), or None when it is not running."""
+        if self.status != JobStatus.RUNNING or self.started_at is None:
+            return None
+        started = self.started_at if self.started_at.tzinfo else \
+            self.started_at.replace(tzinfo=UTC)  # SQLite returns naive UTC
+        return ((now or datetime.now(UTC)) - started).total_seconds()
 
     @classmethod
     def of(cls, job: Job) -> JobView:
         return cls(job.id, job.kind, job.task, job.language, JobStatus(job.status),
                    dict(job.params or {}), job.executor, int(job.attempts or 0), job.handle,
-                   job.device, job.created_at, job.result, job.error)
+                   job.device, job.created_at, job.result, job.error, job.started_at)

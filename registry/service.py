@@ -178,8 +178,9 @@ class Registry:
 
     def update_job(self, job_id: int, status: str, result: dict[str, Any] | None = None,
                    error: str | None = None, handle: str | None = None,
-                   device: str | None = None) -> Any:
-        return self._write(records.update_job, job_id, status, result, error, handle, device)
+                   device: str | None = None, worker: str | None = None) -> Any:
+        return self._write(records.update_job, job_id, status, result, error, handle, device,
+                           worker)
 
     def record_gate_result(self, task: str, language: str, version: int,
                            gates: list[dict[str, Any]]) -> Any:

@@ -19,6 +19,7 @@ from controller.live_ops import LiveOperations
 from controller.policy import parse_policy
 from controller.reconciler import Reconciler
 from controller.serving import ModelCache
+from registry import queries
 from registry.jobs import JobStatus, JobView
 from registry.schema import Job
 from tests.loop_support import OPEN_GATES_TOML, START, TASK, open_registry, setup
@@ -154,3 +155,55 @@ def test_subprocess_executor_is_polled_and_lost_workers_relaunched(
     rec.executor.wait(300)
     rec.tick()
     assert {r["language"]: r["phase"] for r in reg.status(TASK)}["hi-Latn"] == "GATING"
+
+
+@pytest.mark.slow
+def test_hung_training_times_out_is_relaunched_and_its_late_outcome_dropped(
+        sqlite_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A worker that hangs while its process lives (so its handle looks alive) is given up
+    after `[training] timeout_s` and launched again; when the hung thread finally ends, its
+    outcome no longer matches the job's handle and is refused: one adapter, one outcome."""
+    home = tmp_path / "home"
+    setup(sqlite_url, home, tiny_model_dir)
+    reg = open_registry(sqlite_url, home)
+    policy = parse_policy(
+        POLICY.replace('[[tracks]]\ntask = "emoji-group"\nlanguage = "sw"\n', "")
+        .replace('[[tracks]]\ntask = "emoji-group"\nlanguage = "yo"\n', "")
+        .replace("max_concurrent = 2", "max_concurrent = 1\ntimeout_s = 1.0"))
+    clock = ManualClock(START)
+    ops = LiveOperations(reg, policy, models=ModelCache(reg, "cpu"), clock=clock)
+    hung, released = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def train(task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
+        calls.append(language)
+        if len(calls) == 1:  # the first launch hangs until released
+            hung.set()
+            assert released.wait(120)
+            raise RuntimeError("the hung worker woke up")
+        return ops.train(task, language, params)
+
+    executor = InlineExecutor(reg, train)
+    rec = Reconciler(reg, policy, ops, clock, executor=executor)
+    rec.tick()
+    assert hung.wait(60)
+    first = _jobs(reg)["hi"]
+    assert first.status == "running" and first.attempts == 1
+    time.sleep(1.5)
+    lines = rec.tick()  # over the timeout: queued again and relaunched in the same tick
+    assert any("timed out after" in line and "queued again" in line for line in lines), lines
+    second = _jobs(reg)["hi"]
+    assert second.status == "running" and second.attempts == 2
+    assert second.handle != first.handle
+    released.set()  # the hung thread ends and reports a failure under its old handle
+    executor.wait(300)
+    for thread in threading.enumerate():  # the replaced (hung) thread too
+        if thread.name.startswith("xlt-train-"):
+            thread.join(60)
+    assert _jobs(reg)["hi"].status == "succeeded"  # the relaunch's outcome
+    rec.tick()
+    assert reg.status(TASK)[0]["phase"] == "GATING"
+    assert len(reg.query(queries.list_adapters, TASK, "hi")) == 1
+    events = [e["action"] for e in reg.query(queries.history, TASK)
+              if e["action"].startswith("job_")]
+    assert events.count("job_failed") == 0, events  # the late failure was refused

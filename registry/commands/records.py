@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from registry.commands.lookups import adapter_by_version
-from registry.errors import InvalidInput, InvalidTransition, NotFound
+from registry.errors import InvalidInput, InvalidTransition, NotFound, StaleRevision
 from registry.languages import canonical_language
 from registry.schema import (
     CanaryAnalysis,
@@ -53,15 +53,21 @@ def launch_job(uow: UnitOfWork, job_id: int, handle: str, device: str | None) ->
 
 def update_job(uow: UnitOfWork, job_id: int, status: str, result: dict[str, Any] | None = None,
                error: str | None = None, handle: str | None = None,
-               device: str | None = None) -> Job:
+               device: str | None = None, worker: str | None = None) -> Job:
     """Move a job: `running` records where it was launched (handle, device) and counts an
     attempt; `queued` again (its worker was lost) forgets the handle; `succeeded`/`failed`
-    record the outcome."""
+    record the outcome. `worker`: the handle of the worker reporting its own outcome; if
+    the job no longer runs under it (the controller gave it up as lost or timed out and
+    launched it again), the late report is refused (StaleRevision) and nothing changes."""
     if status not in JOB_STATUSES:
         raise InvalidInput(f"job status {status!r} unknown", f"use one of {JOB_STATUSES}")
     job = uow.session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise NotFound(f"no job {job_id}", "list jobs with `xlt history`")
+    if worker is not None and (job.status != "running" or job.handle != worker):
+        raise StaleRevision(f"job {job_id} no longer runs under {worker} (now {job.status}, "
+                            f"{job.handle})", "the controller launched it again; this "
+                            "worker's outcome is dropped")
     before = {"status": job.status, "handle": job.handle}
     job.status = status
     if status == "running":
