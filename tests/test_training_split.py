@@ -68,7 +68,8 @@ def test_frozen_prefix_student_trains_top_blocks_only_and_reloads(
 def test_for_base_picks_the_deep_base_defaults(encoder: TextEncoder) -> None:
     deep = type("C", (), {"num_hidden_layers": 12})()
     assert for_base(deep).frozen_layers == 10 and for_base(deep).max_length == 32
-    assert for_base(deep).epochs == 2
+    assert for_base(deep).epochs == 4 and for_base(deep).ce_weight > 0
+    assert for_base(deep).source_labels and for_base(deep).calibrate
     assert for_base(encoder.model.config) == DistillConfig()
     assert for_base(deep, epochs=3).epochs == 3
 

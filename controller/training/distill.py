@@ -69,6 +69,10 @@ class DistillConfig:
     ce_weight: float = 0.0
     # share of the pair count added as source self pairs, keeping English usable
     source_share: float = 0.25
+    # the source self pairs carry their item's label too (cross-entropy with ce_weight,
+    # where the pairs have labels): keeps English accuracy through the student while the
+    # target labels pull the top blocks toward language L
+    source_labels: bool = False
     # share of the pair count drawn from earlier pairs when continuing from a champion
     replay_share: float = 0.25
     l2_pull: float = 0.0
@@ -76,6 +80,9 @@ class DistillConfig:
     # bottom encoder blocks left without LoRA; their output is computed once per text and
     # each step runs only the blocks above (controller.training.split). 0 = adapt all.
     frozen_layers: int = 0
+    # after training, fit a temperature on the language's dev split and fold it into the
+    # shipped head (controller.training.calibrate); the caller does it, distill() does not
+    calibrate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -96,20 +103,27 @@ class DistillConfig:
 
 
 DEEP_TOP_BLOCKS = 2  # blocks a deep base adapts (LoRA); everything below is cached
+# the deep-base recipe (measured on sw, README "Known limits"): distillation plus the
+# target language's own labels, the English self pairs labelled too, four epochs,
+# calibrated on dev
+DEEP_RECIPE: dict[str, Any] = {"max_length": 32, "epochs": 4, "lr": 5e-3, "ce_weight": 1.0,
+                               "source_share": 0.5, "source_labels": True, "calibrate": True}
 
 
 def for_base(model_config: Any, **overrides: Any) -> DistillConfig:
     """The defaults for a base: deep encoders (12+ blocks, e.g. multilingual-e5-small) adapt
-    their top two blocks only, from cached prefix states, for two epochs of 32-token
-    sequences; shallow ones (all-MiniLM-L6-v2) keep the full-depth LoRA they were tuned with.
+    their top two blocks only, from cached prefix states, with DEEP_RECIPE; shallow ones
+    (all-MiniLM-L6-v2) keep the full-depth LoRA they were tuned with.
 
     Why two blocks: a step's cost is linear in the blocks it runs. Measured on sw (2 shared
     CPU cores, README "Known limits"): top 6 blocks, 1 epoch, 4.3 s a step, held-out 0.627;
-    top 2 blocks, 2 epochs, about a third of that a step, 0.618 (English through the
-    student 0.784, teacher 0.787)."""
+    top 2 blocks, 2 epochs, about a third of that a step, 0.618. What moved the top two
+    blocks further was the target labels (cross-entropy: 0.678 with six epochs, English
+    through the student falling to 0.740), with the English self pairs labelled and doubled
+    against that forgetting (0.689, English 0.778)."""
     layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
     if layers >= 12:
-        base = DistillConfig(frozen_layers=layers - DEEP_TOP_BLOCKS, max_length=32, epochs=2)
+        base = DistillConfig(frozen_layers=layers - DEEP_TOP_BLOCKS, **DEEP_RECIPE)
         return replace(base, **overrides)
     return replace(DistillConfig(), **overrides)
 
@@ -180,7 +194,9 @@ def _build_samples(encoder: TextEncoder, head: LinearHead, cfg: DistillConfig,
         k = min(n, math.ceil(cfg.source_share * n))
         idx = sorted(rng.choice(n, size=k, replace=False).tolist())
         src = [pairs.source_texts[i] for i in idx]
-        parts.append((ParallelData(src, src), 1.0))
+        src_labels = (None if pairs.target_labels is None or not cfg.source_labels
+                      else [pairs.target_labels[i] for i in idx])
+        parts.append((ParallelData(src, src, src_labels), 1.0))
     if replay is not None and len(replay) and cfg.replay_share > 0:
         k = min(len(replay), math.ceil(cfg.replay_share * max(n, 1)))
         idx = sorted(rng.choice(len(replay), size=k, replace=False).tolist())

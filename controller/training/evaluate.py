@@ -64,8 +64,9 @@ def macro_f1(report: dict[str, dict[str, float]]) -> float:
     return float(np.mean(present)) if present else 0.0
 
 
-def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
-             texts: Sequence[str], cache: BaseStateCache | None = None) -> np.ndarray:
+def embed_texts(encoder: TextEncoder, model: torch.nn.Module | None, texts: Sequence[str],
+                cache: BaseStateCache | None = None) -> torch.Tensor:
+    """(n, hidden) pooled embeddings of `texts` through `model` (None: the bare base)."""
     # the bare base's embeddings never change: read them from the base's cache when given;
     # a frozen-prefix student runs only its top blocks, on the base's cached prefix states
     cut = frozen_prefix(model) if model is not None else 0
@@ -78,6 +79,12 @@ def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHe
         emb = embed_from_states(model, states, cut, encoder.device)  # type: ignore[arg-type]
     else:
         emb = embed_sorted(encoder, texts, model=model)
+    return emb
+
+
+def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
+             texts: Sequence[str], cache: BaseStateCache | None = None) -> np.ndarray:
+    emb = embed_texts(encoder, model, texts, cache)
     with torch.inference_mode():
         return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
 

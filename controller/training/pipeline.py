@@ -25,6 +25,7 @@ import pandas as pd
 from controller.data import cldr
 from controller.encoder import TextEncoder
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
+from controller.training.calibrate import calibrate_on_split, scaled_head
 from controller.training.distill import DistillConfig, ParallelData, distill, for_base
 from controller.training.evaluate import evaluate_split
 from controller.training.head import LinearHead
@@ -148,7 +149,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     `shuffle_pairs`: pair each target text with a random source text (corrupted data, for
     drills and the demo: such a candidate must fail its gates).
     `target_labels`: add cross-entropy on the target texts' own labels (weight
-    `target_label_weight`), where the dataset has them (a rejected attempt's next step).
+    `target_label_weight`), where the dataset has them (a rejected attempt's next step;
+    a deep base's default recipe, distill.for_base, uses them always).
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     dataset_name, labels = task_spec(task)
@@ -172,13 +174,17 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   if r["id"] == ds_id)
         cldr.verify_sha256(Path(ds["uri"]), ds["sha256"])
     pairs = _pairs(train, teacher_lang, langs, limit_pairs,
-                   labels if target_labels else None)
+                   labels if target_labels or cfg.ce_weight > 0 else None)
     if target_labels and cfg.ce_weight == 0:
         cfg = replace(cfg, ce_weight=target_label_weight)
     if shuffle_pairs:
+        # corrupted data: each target text gets a random item's source text and label, so
+        # a recipe that reads target labels learns the corruption too
         order = np.random.default_rng(seed).permutation(len(pairs))
+        shuffled = (None if pairs.target_labels is None
+                    else [pairs.target_labels[i] for i in order])
         pairs = ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order],
-                             pairs.target_labels)
+                             shuffled)
 
     # what the frozen base computes (teacher embeddings, prefix states) is kept per base
     cache = BaseStateCache(encoder_row.fingerprint)
@@ -188,7 +194,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         parent_row, parent_path = registry.adapter_weights(task, language, continue_from)
         meta, init_lora, head_tensors = read_adapter(parent_path)
         check_base(meta, encoder.model, encoder.tokenizer)
-        head = LinearHead.from_tensors(head_tensors)
+        # distil against the head's own logits: undo the parent's calibration, if any
+        head = scaled_head(LinearHead.from_tensors(head_tensors),
+                           1.0 / float(meta.get("temperature") or 1.0))
         old_langs = parent_row.hyperparams.get("data_languages") or [language]
         replay = _pairs(cldr.load_split("train", [teacher_lang, *old_langs]), teacher_lang,
                         old_langs, limit_pairs)
@@ -203,6 +211,11 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     t0 = time.perf_counter()
     result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
                      progress=progress, cache=cache)
+    temperature = None
+    if cfg.calibrate:  # fitted on dev, folded into the shipped head (serving uses it)
+        dev = cldr.load_split("dev", [language])
+        head, temperature = calibrate_on_split(encoder, result.model, head, dev, language,
+                                               labels, cache=cache)
     wall = time.perf_counter() - t0
     test = cldr.load_split("test", [teacher_lang, language])
     evaluation = evaluate_split(encoder, result.model, head, test, language, labels,
@@ -210,7 +223,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
     metrics["split"] = "test"
     hyper = {**cfg.to_dict(), "data_languages": langs, "shuffle_pairs": shuffle_pairs,
-             "target_labels": target_labels,
+             "target_labels": pairs.target_labels is not None, "temperature": temperature,
              "device": str(encoder.device),
              "pairs": len(pairs), "train_seconds": round(wall, 2),
              "teacher_choice": choice.to_dict() if choice else {"teacher": teacher_lang,
@@ -220,7 +233,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     with tempfile.TemporaryDirectory(prefix="xlt-adapter-") as tmp:
         path = Path(tmp) / f"{task}-{language}.safetensors"
         save_adapter(path, result.model, head, list(labels), encoder_row.fingerprint,
-                     extra={"task": task, "language": language, "teacher": teacher_lang})
+                     extra={"task": task, "language": language, "teacher": teacher_lang,
+                            **({"temperature": temperature} if temperature else {})})
         adapter = registry.register_adapter(
             task=task, language=language, base=base_ref, weights=path,
             teacher_language=teacher_lang, dataset_ids=dataset_ids, metrics=metrics,
