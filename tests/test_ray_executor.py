@@ -62,6 +62,11 @@ def _free_port() -> int:
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("ray") / "ray.log"
+    # a private cluster on 127.0.0.1 for this module, without token authentication: Ray
+    # 2.5x turns it on for `ray start` whenever ~/.ray/auth_token exists (any earlier local
+    # ray.init() on this machine writes one), and a client without RAY_AUTH_MODE=token then
+    # cannot connect. The controller and the cluster must agree; here both say disabled.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log, "wb") as out:
@@ -88,6 +93,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
     finally:
         os.environ.pop("RAY_ADDRESS", None)
+        os.environ.pop("RAY_AUTH_MODE", None)
         if ray.is_initialized():
             ray.shutdown()
         proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
