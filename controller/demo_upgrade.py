@@ -55,7 +55,7 @@ def hi_share(hour: int) -> float:
     return 0.0 if hour < DRIFT_FROM_HOUR else min(0.8, 0.3 * (hour - DRIFT_FROM_HOUR + 1))
 
 
-SCRIPT = DemoScript(hours=int(os.environ.get("XLT_DEMO_HOURS", "16")),
+SCRIPT = DemoScript(hours=int(os.environ.get("XLT_DEMO_HOURS", "18")),
                     events={"hi": 400, "sw": 200, "am": 200}, hi_share=hi_share,
                     corrupt_at_hour=10)  # the sw corruption comes on the new base
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from controller.drift.thresholds import DriftThresholds
 from registry.errors import InvalidInput
@@ -156,6 +164,14 @@ class MetricsPolicy(Strict):
     host: str = "127.0.0.1"
 
 
+def base_ref(value: str) -> str:
+    """A base encoder reference as a policy names it: NAME@VERSION."""
+    name, sep, version = value.partition("@")
+    if not (name and sep and version):
+        raise ValueError(f"base {value!r} is not NAME@VERSION")
+    return value
+
+
 class UpgradePolicy(Strict):
     """Move controlled tracks to another base encoder: the controller files the request
     (as `xlt encoder upgrade` would) and carries each track through the loop on it."""
@@ -166,10 +182,7 @@ class UpgradePolicy(Strict):
     @field_validator("base")
     @classmethod
     def _base(cls, value: str) -> str:
-        name, sep, version = value.partition("@")
-        if not (name and sep and version):
-            raise ValueError(f"base {value!r} is not NAME@VERSION")
-        return value
+        return base_ref(value)
 
     @field_validator("languages")
     @classmethod
@@ -224,6 +237,9 @@ class Policy(Strict):
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     drift_window_events: int = Field(5000, ge=10, description="newest events a check reads")
     gates: GatePolicy = Field(default_factory=GatePolicy)
+    # per base encoder, the [gates] fields that differ for candidates trained on it: a
+    # stronger base earns higher floors (`[base_gates."me5-small@1"] min_accuracy = 0.6`)
+    base_gates: dict[str, GatePolicy] = Field(default_factory=dict)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
     alerts: AlertsPolicy = Field(default_factory=AlertsPolicy)
@@ -235,6 +251,25 @@ class Policy(Strict):
     @classmethod
     def _languages(cls, values: list[str]) -> list[str]:
         return canonical_languages(values)
+
+    @field_validator("base_gates", mode="before")
+    @classmethod
+    def _base_gates(cls, value: Any, info: ValidationInfo) -> Any:
+        """Each base's table overrides [gates] field by field (gates is validated first)."""
+        gates = info.data.get("gates")
+        if not isinstance(value, dict) or gates is None:
+            return value  # a wrong type, or [gates] itself failed: pydantic reports it
+        out = {}
+        for base, table in value.items():
+            base_ref(base)
+            out[base] = ({**gates.model_dump(), **table} if isinstance(table, dict)
+                         else table)
+        return out
+
+    def for_base(self, base: str | None) -> Policy:
+        """This policy with [gates] as a candidate trained on `base` must pass them."""
+        gates = self.base_gates.get(base or "")
+        return self if gates is None else self.model_copy(update={"gates": gates})
 
     def keeps_text(self, language: str) -> bool:
         return canonical_language(language) not in self.no_text_languages

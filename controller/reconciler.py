@@ -235,8 +235,10 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps):
         candidate = self.ops.evaluate(t.task, t.language, version)
         champion = (self.ops.evaluate(t.task, t.language, t.champion)
                     if t.champion is not None else None)
-        fairness = self.ops.fairness(t.task, t.language, version, self.policy)
-        gates = evaluate_gates(candidate, champion, self.policy.gates, fairness)
+        # floors as for the candidate's base: the upgrade's target, else the track's base
+        policy = self.policy.for_base(t.upgrade.to_base if self.upgrade_job(t) else t.base)
+        fairness = self.ops.fairness(t.task, t.language, version, policy)
+        gates = evaluate_gates(candidate, champion, policy.gates, fairness)
         report = [g.to_dict() for g in gates]
         failed = [g.name for g in gates if not g.passed]
         log_gates = getattr(self.ops, "log_gates", None)

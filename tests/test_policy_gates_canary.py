@@ -38,10 +38,24 @@ def test_policy_file_with_tracks_and_overrides(tmp_path: Path) -> None:
     ("[[tracks]]\ntask='e'\nlanguage='sw'\n[[tracks]]\ntask='e'\nlanguage='sw'", "twice"),
     ("executor = 'cloud'", "field executor"),
     ("[gates\n", "not valid TOML"),
+    ("[base_gates.me5]\nmin_accuracy = 0.6", "field base_gates: Value error, base 'me5' is not"),
+    ("[base_gates.'me5@1']\nmin_acuracy = 0.6", "field base_gates.me5@1.min_acuracy: Extra"),
+    ("[base_gates.'me5@1']\nmin_accuracy = 2", "field base_gates.me5@1.min_accuracy"),
 ])
 def test_bad_policy_names_field_and_reason(text: str, needle: str) -> None:
     with pytest.raises(InvalidInput, match=needle.replace(".", r"\.")):
         parse_policy(text)
+
+
+def test_base_gates_override_gates_field_by_field() -> None:
+    p = parse_policy("[gates]\nmin_accuracy = 0.4\nmax_ece = 0.3\n"
+                     "[base_gates.'me5-small@1']\nmin_accuracy = 0.6\n"
+                     "[[tracks]]\ntask = 'e'\nlanguage = 'sw'\nfairness_floor = 0.2\n")
+    me5 = p.for_base("me5-small@1")
+    assert (me5.gates.min_accuracy, me5.gates.max_ece) == (0.6, 0.3)  # the rest from [gates]
+    assert p.for_base("minilm@1") is p and p.for_base(None) is p
+    assert me5.fairness_floor_for("e", "sw") == 0.2  # a track's own floor still wins
+    assert me5.tracks == p.tracks
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:

@@ -92,3 +92,30 @@ def test_upgrade_through_the_loop(sqlite_url: str, tmp_path: Path, tiny_model_di
     assert upgrade.status == UpgradeStatus.ROLLED_BACK
     events = drill.server.serve("hi", ["नमस्ते", "hello"], ["k1", "k2"])
     assert {e["adapter_version"] for e in events} == {1}
+
+
+@pytest.mark.slow
+def test_upgrade_candidates_under_the_new_bases_floors_leave_tracks_on_their_base(
+        sqlite_url: str, tmp_path: Path, tiny_model_dir: Path, tiny_model_dir_v2: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # [base_gates."tiny@2"] demands what no tiny candidate reaches; tiny@1's gates stay open
+    monkeypatch.setattr(live_ops, "train_adapter",
+                        functools.partial(pipeline.train_adapter, limit_pairs=LIMIT_PAIRS))
+    setup(sqlite_url, tmp_path / "home", tiny_model_dir, tiny_model_dir_v2)
+    policy = parse_policy(POLICY + '[base_gates."tiny@2"]\nmin_accuracy = 1.0\n')
+    drill = Drill(sqlite_url, tmp_path / "home", policy=policy, upgrade=True)
+    log = [drill.hour(h) for h in range(6)]
+    state = final_state(drill.reg)
+    assert state["bases"] == {"hi": "tiny@1", "sw": "tiny@1"}, log
+    assert state["status"] == {"hi": (1, None, "STEADY"), "sw": (1, None, "STEADY")}, log
+    assert state["upgrades"] == {"hi": ("failed", 2), "sw": ("failed", 2)}, log
+    assert state["adapters"] == {("hi", 1): "champion", ("sw", 1): "champion",
+                                 ("hi", 2): "rejected", ("sw", 2): "rejected"}, log
+    # the first champions passed tiny@1's open floors; the tiny@2 candidates failed only
+    # the floor their base's table raised
+    gated = {(e["language"], e["after"]["version"]): e["after"]["gates"]
+             for e in drill.reg.query(queries.history, TASK) if e["action"] == "gate"}
+    for (language, version), report in gated.items():
+        failed = {g["name"] for g in report if not g["passed"]}
+        assert failed == (set() if version == 1 else {"accuracy_floor"}), (language, report)
+    assert any("upgrade to tiny@2 failed" in line for hour in log for line in hour), log
