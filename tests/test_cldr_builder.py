@@ -122,3 +122,16 @@ def test_data_dir_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
         cldr.load_manifest()
     monkeypatch.delenv(cldr.DATA_ENV)
     assert cldr.dataset_dir() == cldr.SHIPPED_DIR
+
+
+def test_unknown_locale_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from controller.data.__main__ import main
+
+    out = tmp_path / "extra"
+    with pytest.raises(cldr.ArtifactError, match="no CLDR annotations for zz"):
+        cldr.build_cldr(FIXTURE / "annotations", FIXTURE / "emoji-test.txt", out,
+                        locales=("en", "zz"), licence_file=None)
+    assert not out.exists()
+    # the command, against the Debian packages (absent here, or without zz): exit 2
+    assert main(["--out", str(out), "--add", "zz"]) == 2
+    assert not out.exists()

@@ -162,6 +162,8 @@ def _gzip_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> str:
 
 def build_rows(annotations_dir: Path, emoji_test: Path, locales: Sequence[str],
                seed: int) -> list[dict[str, Any]]:
+    if not Path(emoji_test).is_file():
+        raise ArtifactError(f"no emoji-test.txt at {emoji_test}", "install unicode-data")
     groups = {e: g for e, g in read_emoji_groups(emoji_test).items()
               if g not in DROPPED_GROUPS}
     unknown = sorted({g for g in groups.values()} - set(LABELS))
@@ -194,9 +196,10 @@ def build_cldr(annotations_dir: str | Path = DEBIAN_ANNOTATIONS,
                licence_file: str | Path | None = DEBIAN_COPYRIGHT,
                built_at: str | None = None) -> dict[str, Any]:
     """Build the dataset into `out_dir` (one gzip JSONL per split + manifest.json)."""
+    # read every locale first: a missing one is refused before anything is written
+    rows = build_rows(Path(annotations_dir), Path(emoji_test), locales, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = build_rows(Path(annotations_dir), Path(emoji_test), locales, seed)
     split_info: dict[str, Any] = {}
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
