@@ -102,12 +102,13 @@ def run_hours(reg: Registry, policy: Policy, script: DemoScript) -> None:
     drain(reg)
 
 
-def languages_picture(reg: Registry, policy: Policy) -> str:
-    """The picture of the controlled languages on the base (README shows it)."""
+def languages_picture(reg: Registry, policy: Policy, base: str | None = None) -> str:
+    """The picture of the controlled languages on `base` (default: the policy's base;
+    README shows it)."""
     from controller.reports.languages import report_languages
 
     result = report_languages(reg, TASK, [t.language for t in policy.tracks if t.task == TASK],
-                              policy.base, reg.settings.reports_dir / "languages")
+                              base or policy.base, reg.settings.reports_dir / "languages")
     return str(result["png"])
 
 

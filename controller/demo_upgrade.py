@@ -81,7 +81,8 @@ def main() -> None:
 
     policy = load_policy(POLICY)
     run_hours(reg, policy, SCRIPT)
-    picture = languages_picture(reg, policy)
+    # drawn on the base the tracks now serve, not the one they started on
+    picture = languages_picture(reg, policy, policy.upgrade.base if policy.upgrade else None)
     finish(reg, home, time.monotonic() - began)
     click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
 
