@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from controller.drift.thresholds import DriftThresholds
+from registry.commands.lookups import parse_encoder_ref
 from registry.errors import InvalidInput
 from registry.languages import canonical_language
 
@@ -165,10 +166,12 @@ class MetricsPolicy(Strict):
 
 
 def base_ref(value: str) -> str:
-    """A base encoder reference as a policy names it: NAME@VERSION."""
-    name, sep, version = value.partition("@")
-    if not (name and sep and version):
-        raise ValueError(f"base {value!r} is not NAME@VERSION")
+    """A base encoder reference as a policy names it: NAME@VERSION (the registry's rule);
+    a bad one is the field's error."""
+    try:
+        parse_encoder_ref(value)
+    except InvalidInput as exc:
+        raise ValueError(f"base {value!r} is not NAME@VERSION") from exc
     return value
 
 
