@@ -86,7 +86,7 @@ class LiveOperations:
 
         def build() -> Any:
             texts = rows["text"].tolist()
-            emb = self.models.base(track["base"]).embed(texts)
+            emb = self.models.embed(track["base"], texts)
             labels = conf = None
             if champion:
                 labels, conf = self.models.predict(task, language, champion, texts)
@@ -169,7 +169,8 @@ class LiveOperations:
         df = cldr.load_split("test", [teacher, eval_language, *(also or [])]).copy()
         df.loc[df["language"].isin(also or []), "language"] = eval_language
         return evaluate_split(self.models.base(row["base"]), loaded.model, loaded.head, df,
-                              eval_language, labels, source_language=teacher)
+                              eval_language, labels, source_language=teacher,
+                              cache=self.models.memo(row["base"]))
 
     def evaluate(self, task: str, language: str, version: int) -> dict[str, Any]:
         """On what the track serves: its language and the variants that fall back to it

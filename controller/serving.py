@@ -20,19 +20,27 @@ import torch
 
 from controller.encoder import TextEncoder
 from controller.training.artifact import LoadedAdapter, load_adapter
+from controller.training.evaluate import embed_texts
 from controller.training.pipeline import load_base
+from controller.training.split import frozen_prefix
+from controller.training.state_cache import MemoryStateCache
 from registry import queries
 from registry.routing import CachedResolver
 from registry.service import Registry
 
 
 class ModelCache:
-    """Bases by ref and adapters by (task, language, version, base), loaded once."""
+    """Bases by ref and adapters by (task, language, version, base), loaded once, and per
+    base a memo of what the frozen base computes (its embeddings, and the states below the
+    cut of adapters that leave the bottom blocks frozen): the champion, a canary and the
+    drift embedding of one request all start from the same frozen blocks, and traffic and
+    held-out items come back, so each text crosses those blocks once per process."""
 
     def __init__(self, registry: Registry, device: str = "cpu") -> None:
         self.registry = registry
         self.device = device
         self._bases: dict[str, TextEncoder] = {}
+        self._memos: dict[str, MemoryStateCache] = {}
         self._adapters: dict[tuple[str, str, int, str], tuple[LoadedAdapter, list[str]]] = {}
         self._rows: dict[tuple[str, str, int], dict[str, Any]] = {}
 
@@ -40,6 +48,15 @@ class ModelCache:
         if ref not in self._bases:
             self._bases[ref] = load_base(self.registry, ref, self.device)[1]
         return self._bases[ref]
+
+    def memo(self, ref: str) -> MemoryStateCache:
+        return self._memos.setdefault(ref, MemoryStateCache())
+
+    def embed(self, ref: str, texts: Sequence[str],
+              model: torch.nn.Module | None = None) -> np.ndarray:
+        """Pooled unit-norm embeddings of `texts` by base `ref`, or through an adapter's
+        `model` loaded on it (see `adapter`)."""
+        return embed_texts(self.base(ref), model, list(texts), self.memo(ref)).numpy()
 
     def _row(self, task: str, language: str, version: int) -> dict[str, Any]:
         key = (task, language, version)
@@ -57,9 +74,13 @@ class ModelCache:
             _, path = self.registry.adapter_weights(task, language, version)
             encoder = self.base(base)
             loaded = load_adapter(path, encoder.model, encoder.tokenizer)  # fingerprint check
-            # inference only: fold LoRA into this private copy of the base, so serving runs
-            # plain BERT matmuls instead of base + low-rank products on every linear layer
-            loaded.model = loaded.model.merge_and_unload().eval()
+            # inference only. A full-depth adapter is folded into this private copy of the
+            # base (plain matmuls instead of base + low-rank products on every layer); one
+            # that leaves the bottom blocks frozen stays a peft model, so `embed` runs only
+            # its top blocks, from the base's memoised states
+            if not frozen_prefix(loaded.model):
+                loaded.model = loaded.model.merge_and_unload()
+            loaded.model.eval()
             self._adapters[key] = (loaded, list(loaded.meta["config"]["labels"]))
         return self._adapters[key]
 
@@ -69,10 +90,9 @@ class ModelCache:
         run on `base` (default: the adapter's own)."""
         base = base or self._row(task, language, version)["base"]
         loaded, labels = self.adapter(task, language, version, base)
-        encoder = self.base(base)
-        emb = encoder.embed(list(texts), model=loaded.model)
+        emb = self.embed(base, texts, loaded.model)
         with torch.inference_mode():
-            logits = loaded.head(torch.as_tensor(emb, device=encoder.device))
+            logits = loaded.head(torch.as_tensor(emb, device=self.base(base).device))
             probs = torch.softmax(logits, dim=-1).float().cpu().numpy()
         return [labels[i] for i in probs.argmax(1)], probs.max(1)
 
@@ -105,7 +125,7 @@ class Server:
         if track_base is None:
             raise ValueError(f"no base encoder serves {self.task}/{language}")
         # drift compares with a reference embedded by the track's base: embed with it too
-        embeddings = self.models.base(track_base).embed(list(texts))
+        embeddings = self.models.embed(track_base, texts)
         predictions: list[str] = [""] * len(texts)
         confidence = np.zeros(len(texts))
         for (served, version, base), idx in groups.items():

@@ -14,9 +14,10 @@ TASK = "emoji-group"
 
 def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: int = 4,
                    targets: tuple[str, ...] = ("query", "value"),
-                   labels: list[str] | None = None) -> Path:
+                   labels: list[str] | None = None, layers: list[int] | None = None) -> Path:
     """A peft LoRA on the tiny base with random A and B (B is zero after peft's init, which
-    would make every adapter equal to the base) and a random head, saved as xlt saves one."""
+    would make every adapter equal to the base) and a random head, saved as xlt saves one;
+    `layers`: only those blocks get LoRA (as a deep base's recipe leaves the bottom ones)."""
     from peft import LoraConfig, get_peft_model
 
     from controller.encoder import TextEncoder
@@ -27,7 +28,8 @@ def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: i
     encoder = TextEncoder(base_dir, device="cpu")
     torch.manual_seed(seed)
     student = get_peft_model(encoder.model, LoraConfig(r=r, lora_alpha=2 * r,
-                                                       target_modules=list(targets)))
+                                                       target_modules=list(targets),
+                                                       layers_to_transform=layers))
     with torch.no_grad():
         for name, p in student.named_parameters():
             if "lora_" in name:
@@ -41,10 +43,10 @@ def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: i
 
 
 def register_lora(registry: Any, base_dir: Path, tmp: Path, language: str, seed: int,
-                  base: str = "tiny@1", **kw: Any) -> Any:
+                  base: str = "tiny@1", layers: list[int] | None = None, **kw: Any) -> Any:
     fingerprint = registry.query(_fingerprint, base)
     path = make_lora_file(tmp / f"lora-{language}-{seed}.safetensors", base_dir, fingerprint,
-                          seed)
+                          seed, layers=layers)
     return registry.register_adapter(task=TASK, language=language, base=base, weights=path,
                                      teacher_language="en",
                                      metrics={"accuracy": 0.5, "macro_f1": 0.4}, **kw)

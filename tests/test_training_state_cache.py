@@ -1,7 +1,9 @@
 """The base's state cache (teacher embeddings and frozen-prefix states kept on disk per base
 fingerprint and token ids), on the tiny random BERT: what it returns equals what the base
 computes, a second cache object (a later run) reads it from disk without recomputing, ids
-that differ are not confused, and distillation through it trains the same student."""
+that differ are not confused, and distillation through it trains the same student. The
+in-process memo (serving, gates) returns the same, computes each text once, and stays under
+its byte bound, dropping the least recently used rows first."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from controller.training import head_cache
 from controller.training.distill import DistillConfig, ParallelData, distill
 from controller.training.embed import embed_sorted, tokenize_ids
 from controller.training.split import prefix_states
-from controller.training.state_cache import BaseStateCache
+from controller.training.state_cache import BaseStateCache, MemoryStateCache
 from tests.test_training import ITEMS, LABELS
 from tests.tinymodel import make_tiny_bert
 
@@ -94,11 +96,44 @@ def test_evaluation_through_cached_prefix_states_matches_the_full_forward(
                        for i, (en, sw, y) in enumerate(ITEMS)
                        for lang, text in (("en", en), ("sw", sw))])
     plain = evaluate_split(encoder, student, head, df, "sw", LABELS)
-    cache = BaseStateCache("fp-a", root=tmp_path)
-    for _ in range(2):  # cold, then from the stored states
+    memo = MemoryStateCache()
+    for cache in (BaseStateCache("fp-a", root=tmp_path), BaseStateCache("fp-a", root=tmp_path),
+                  memo, memo):  # cold, then from the stored states; on disk, then in memory
         cached = evaluate_split(encoder, student, head, df, "sw", LABELS, cache=cache)
         assert cached["correct"] == plain["correct"]
         assert cached["items"]["confidence"] == pytest.approx(plain["items"]["confidence"],
                                                               abs=1e-4)
         assert cached["source_accuracy_student"] == plain["source_accuracy_student"]
     assert (tmp_path / "fp-a" / "prefix1.safetensors").is_file()
+
+
+def test_memory_cache_computes_each_text_once_and_stays_under_its_bound(
+        encoder: TextEncoder) -> None:
+    texts = [t for _, t, _ in ITEMS]
+    ids = tokenize_ids(encoder, texts, 16)
+    pad = encoder.tokenizer.pad_token_id or 0
+    computed: list[int] = []
+
+    def count(todo: list) -> list[torch.Tensor]:
+        computed.append(len(todo))
+        return prefix_states(encoder.model, todo, 2, pad, encoder.device)
+
+    memo = MemoryStateCache()
+    first = memo._get_many("prefix2", ids, count)
+    again = memo._get_many("prefix2", [*reversed(ids), ids[0]], count)
+    assert computed == [len({tuple(x) for x in ids})]  # the second call computed nothing
+    for a, b in zip(reversed(first), again, strict=False):
+        assert torch.equal(a, b)
+    assert torch.allclose(memo.embeddings(encoder, texts), embed_sorted(encoder, texts),
+                          atol=1e-5)
+
+    row = first[0].nelement() * 4
+    small = MemoryStateCache(max_bytes=3 * row)
+    small._get_many("prefix2", [ids[0]], count)
+    small._get_many("prefix2", [ids[1]], count)
+    small._get_many("prefix2", [ids[0]], count)  # ids[0] is now the most recently used
+    small._get_many("prefix2", ids[2:5], count)
+    assert small.nbytes <= small.max_bytes
+    computed.clear()
+    small._get_many("prefix2", [ids[1]], count)  # the least recently used went first
+    assert computed == [1]

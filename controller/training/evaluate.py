@@ -23,7 +23,7 @@ from controller.encoder import TextEncoder
 from controller.training.embed import embed_sorted, tokenize_ids
 from controller.training.head import LinearHead
 from controller.training.split import embed_from_states, frozen_prefix
-from controller.training.state_cache import BaseStateCache
+from controller.training.state_cache import FrozenBaseOutputs
 
 ECE_BINS = 15
 
@@ -65,7 +65,7 @@ def macro_f1(report: dict[str, dict[str, float]]) -> float:
 
 
 def embed_texts(encoder: TextEncoder, model: torch.nn.Module | None, texts: Sequence[str],
-                cache: BaseStateCache | None = None) -> torch.Tensor:
+                cache: FrozenBaseOutputs | None = None) -> torch.Tensor:
     """(n, hidden) pooled embeddings of `texts` through `model` (None: the bare base)."""
     # the bare base's embeddings never change: read them from the base's cache when given;
     # a frozen-prefix student runs only its top blocks, on the base's cached prefix states
@@ -83,7 +83,7 @@ def embed_texts(encoder: TextEncoder, model: torch.nn.Module | None, texts: Sequ
 
 
 def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
-             texts: Sequence[str], cache: BaseStateCache | None = None) -> np.ndarray:
+             texts: Sequence[str], cache: FrozenBaseOutputs | None = None) -> np.ndarray:
     emb = embed_texts(encoder, model, texts, cache)
     with torch.inference_mode():
         return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
@@ -95,7 +95,7 @@ def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
 
 def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: LinearHead,
                    df: pd.DataFrame, language: str, labels: Sequence[str],
-                   source_language: str = "en", cache: BaseStateCache | None = None
+                   source_language: str = "en", cache: FrozenBaseOutputs | None = None
                    ) -> dict[str, Any]:
     """Evaluate `student` (None = the bare base, i.e. zero-shot) on the rows of `df` in
     `language`; `df` should also hold the split's `source_language` rows for the gap and
@@ -114,7 +114,8 @@ def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: 
     src_teacher = _accuracy(_predict(encoder, None, head, source["text"].tolist(), cache),
                             y_src)
     src_student = (src_teacher if student is None else
-                   _accuracy(_predict(encoder, student, head, source["text"].tolist()), y_src))
+                   _accuracy(_predict(encoder, student, head, source["text"].tolist(), cache),
+                             y_src))
     accuracy = float(correct.mean()) if len(y) else 0.0
     return {
         "language": language,

@@ -8,12 +8,14 @@ head), and a track's own texts come back at every retrain (drift, attempts, upgr
 key is the sha1 of the ids, not of the text, so a different max_length shares every entry it
 does not truncate. Files live under `<cache_root>/states/<fingerprint>/` (see
 controller.encoders.me5.cache_root), one per kind; writers merge under a file lock.
+`MemoryStateCache` is the same memo held in one process (serving, gates).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -89,8 +91,39 @@ class TensorStore:
         return [self._rows[k] for k in keys]
 
 
-class BaseStateCache:
-    """The frozen base's outputs for one base (fingerprint)."""
+class FrozenBaseOutputs:
+    """What a frozen base computes for texts, memoised by token ids; subclasses say where
+    the rows live (`_get_many`)."""
+
+    def _get_many(self, kind: str, ids: Sequence[Ids],
+                  compute: Callable[[list[Ids]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def embeddings(self, encoder: TextEncoder, texts: Sequence[str],
+                   max_length: int | None = None) -> torch.Tensor:
+        """(n, hidden) pooled unit-norm embeddings of the base (the teacher), as
+        embed_sorted would give them."""
+        ids = tokenize_ids(encoder, texts, max_length or encoder.max_length)
+        if not ids:
+            return torch.zeros((0, encoder.hidden_size))
+        rows = self._get_many("pooled", ids,
+                              lambda todo: list(embed_ids(encoder, todo).unsqueeze(1)))
+        return torch.cat(rows)
+
+    def prefix_states(self, model: torch.nn.Module, ids: Sequence[Ids], frozen_layers: int,
+                      pad_id: int, device: torch.device) -> list[torch.Tensor]:
+        """Per ids list, the (length, hidden) output of the base's first `frozen_layers`
+        blocks (controller.training.split.prefix_states), on CPU."""
+        from controller.training.split import prefix_states
+
+        return self._get_many(
+            f"prefix{frozen_layers}", ids,
+            lambda todo: prefix_states(model, todo, frozen_layers, pad_id, device))
+
+
+class BaseStateCache(FrozenBaseOutputs):
+    """The frozen base's outputs for one base (fingerprint), on disk: what training reads
+    again at every run."""
 
     def __init__(self, fingerprint: str, root: str | os.PathLike[str] | None = None) -> None:
         if root is None:
@@ -100,27 +133,46 @@ class BaseStateCache:
         self.directory = Path(root) / fingerprint.replace(":", "-")[:80]
         self._stores: dict[str, TensorStore] = {}
 
-    def _store(self, name: str) -> TensorStore:
-        if name not in self._stores:
-            self._stores[name] = TensorStore(self.directory / f"{name}.safetensors")
-        return self._stores[name]
+    def _get_many(self, kind: str, ids: Sequence[Ids],
+                  compute: Callable[[list[Ids]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        if kind not in self._stores:
+            self._stores[kind] = TensorStore(self.directory / f"{kind}.safetensors")
+        return self._stores[kind].get_many(ids, compute)
 
-    def embeddings(self, encoder: TextEncoder, texts: Sequence[str],
-                   max_length: int | None = None) -> torch.Tensor:
-        """(n, hidden) pooled unit-norm embeddings of the base (the teacher), as
-        embed_sorted would give them."""
-        ids = tokenize_ids(encoder, texts, max_length or encoder.max_length)
-        if not ids:
-            return torch.zeros((0, encoder.hidden_size))
-        rows = self._store("pooled").get_many(
-            ids, lambda todo: list(embed_ids(encoder, todo).unsqueeze(1)))
-        return torch.cat(rows)
 
-    def prefix_states(self, model: torch.nn.Module, ids: Sequence[Ids], frozen_layers: int,
-                      pad_id: int, device: torch.device) -> list[torch.Tensor]:
-        """Per ids list, the (length, hidden) output of the base's first `frozen_layers`
-        blocks (controller.training.split.prefix_states), on CPU."""
-        from controller.training.split import prefix_states
+class MemoryStateCache(FrozenBaseOutputs):
+    """The frozen base's outputs for one loaded base, in this process only, least recently
+    used first out: what serving and the gates read again and again (a track's traffic
+    repeats its texts; every gate run reads the same test items), without rewriting a file
+    per batch as the on-disk store would."""
 
-        return self._store(f"prefix{frozen_layers}").get_many(
-            ids, lambda todo: prefix_states(model, todo, frozen_layers, pad_id, device))
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._rows: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _get_many(self, kind: str, ids: Sequence[Ids],
+                  compute: Callable[[list[Ids]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        keys = [(kind, ids_key(x)) for x in ids]
+        missing: dict[tuple[str, bytes], Ids] = {}
+        for k, x in zip(keys, ids, strict=True):
+            if k not in self._rows and k not in missing:
+                missing[k] = x
+        fresh = {}
+        if missing:
+            new = compute(list(missing.values()))
+            fresh = {k: t.detach().float().cpu() for k, t in zip(missing, new, strict=True)}
+        out = [fresh[k] if k in fresh else self._rows[k] for k in keys]
+        for k in keys:  # most recently used last
+            if k in self._rows:
+                self._rows.move_to_end(k)
+        for k, t in fresh.items():
+            self._rows[k] = t
+            self.nbytes += t.nelement() * t.element_size()
+        while self.nbytes > self.max_bytes and self._rows:
+            _, t = self._rows.popitem(last=False)
+            self.nbytes -= t.nelement() * t.element_size()
+        return out
