@@ -36,9 +36,10 @@ class ModelCache:
     drift embedding of one request all start from the same frozen blocks, and traffic and
     held-out items come back, so each text crosses those blocks once per process."""
 
-    def __init__(self, registry: Registry, device: str = "cpu") -> None:
+    def __init__(self, registry: Registry, device: str = "cpu", memo: bool = True) -> None:
         self.registry = registry
         self.device = device
+        self.use_memo = memo  # off: every adapter merged, every text through every block
         self._bases: dict[str, TextEncoder] = {}
         self._memos: dict[str, MemoryStateCache] = {}
         self._adapters: dict[tuple[str, str, int, str], tuple[LoadedAdapter, list[str]]] = {}
@@ -49,8 +50,8 @@ class ModelCache:
             self._bases[ref] = load_base(self.registry, ref, self.device)[1]
         return self._bases[ref]
 
-    def memo(self, ref: str) -> MemoryStateCache:
-        return self._memos.setdefault(ref, MemoryStateCache())
+    def memo(self, ref: str) -> MemoryStateCache | None:
+        return self._memos.setdefault(ref, MemoryStateCache()) if self.use_memo else None
 
     def embed(self, ref: str, texts: Sequence[str],
               model: torch.nn.Module | None = None) -> np.ndarray:
@@ -78,7 +79,7 @@ class ModelCache:
             # base (plain matmuls instead of base + low-rank products on every layer); one
             # that leaves the bottom blocks frozen stays a peft model, so `embed` runs only
             # its top blocks, from the base's memoised states
-            if not frozen_prefix(loaded.model):
+            if not (self.use_memo and frozen_prefix(loaded.model)):
                 loaded.model = loaded.model.merge_and_unload()
             loaded.model.eval()
             self._adapters[key] = (loaded, list(loaded.meta["config"]["labels"]))

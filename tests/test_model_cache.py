@@ -47,8 +47,15 @@ def test_predictions_equal_the_merged_full_forward(registry: Any, tiny_model_dir
     # the base's own embeddings (what drift reads) come from the same memo
     assert np.allclose(models.embed("tiny@1", TEXTS), encoder.embed(TEXTS), atol=1e-5)
     memo = models.memo("tiny@1")
+    assert memo is not None
     rows = len(memo)
     assert rows == (2 if layers else 1) * len(set(TEXTS))  # prefix states and pooled rows
     models.predict(TASK, "sw", adapter.version, list(reversed(TEXTS)))
     models.embed("tiny@1", TEXTS)
     assert len(memo) == rows  # served again: nothing recomputed below the cut
+
+    # without the memo (the bench's baseline): merged, every block run, the same answers
+    plain = ModelCache(registry, "cpu", memo=False)
+    assert plain.predict(TASK, "sw", adapter.version, TEXTS)[0] == labels
+    assert not hasattr(plain.adapter(TASK, "sw", adapter.version)[0].model, "peft_config")
+    assert plain.memo("tiny@1") is None
