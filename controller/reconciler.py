@@ -11,6 +11,7 @@ Phases (tracks.phase) and what each tick does:
   CANARY      after each interval, analyse live traffic; pass -> next step or promote,
               fail -> abort past the failure limit, inconclusive -> PAUSED past its limit
   PAUSED      waits for `xlt canary resume` or `xlt canary abort`
+  (GATING, CANARY and PAUSED live in controller.rollout_steps.)
 
 Every transition is one registry transaction guarded by the revision read at the start of
 the step, so two replicas (or a restarted one) can never both apply it: the loser gets
@@ -23,18 +24,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from controller import attempts, failpoints
 from controller.attempt_steps import AttemptSteps
-from controller.canary_analysis import ArmStats, analyse
 from controller.clock import Clock
 from controller.executors import Executor, InlineExecutor
-from controller.gates import evaluate_gates, guard_verdict
-from controller.label_free import arm_estimate, gather
+from controller.gates import guard_verdict
+from controller.label_free import arm_estimate
 from controller.operations import Operations
 from controller.policy import Policy, TrackPolicy
+from controller.rollout_steps import CANARY, PAUSED, STEADY, RolloutSteps
 from controller.training_steps import TrainingSteps
 from controller.upgrading import RESTARTABLE, UpgradeSteps
 from registry.commands import deployment, records
@@ -44,7 +45,7 @@ from registry.upgrades import UpgradeState
 
 log = logging.getLogger("xlt.controller")
 
-STEADY, RETRAINING, GATING, CANARY, PAUSED = "STEADY", "RETRAINING", "GATING", "CANARY", "PAUSED"
+RETRAINING, GATING = "RETRAINING", "GATING"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class TrackState:
                    upgrade, row.get("base"))
 
 
-class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps):
+class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps, RolloutSteps):
     def __init__(self, registry: Registry, policy: Policy, ops: Operations, clock: Clock,
                  actor: str = "controller", executor: Executor | None = None) -> None:
         self.reg = registry
@@ -228,136 +229,6 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps):
             self._to_steady(t, "rolled back", cooldown=True, expected=None, uow=uow,
                             alert=reason, alert_kind="rollback")
         return "rolled back: " + reason
-
-    # -- GATING ------------------------------------------------------------------------
-    def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
-        version = int(t.data["candidate"])
-        candidate = self.ops.evaluate(t.task, t.language, version)
-        champion = (self.ops.evaluate(t.task, t.language, t.champion)
-                    if t.champion is not None else None)
-        # floors as for the candidate's base: the upgrade's target, else the track's base
-        policy = self.policy.for_base(t.upgrade.to_base if self.upgrade_job(t) else t.base)
-        fairness = self.ops.fairness(t.task, t.language, version, policy)
-        gates = evaluate_gates(candidate, champion, policy.gates, fairness)
-        report = [g.to_dict() for g in gates]
-        failed = [g.name for g in gates if not g.passed]
-        log_gates = getattr(self.ops, "log_gates", None)
-        if log_gates is not None:  # the MLflow evaluation run; never blocks the step
-            log_gates(t.task, t.language, version, candidate, report)
-        # an upgrade candidate that fails leaves the track on its base (no attempt ladder)
-        plan = (self._after_failure(t, version, "rejected", failed, attempts.figures_of(report))
-                if failed and not self.upgrade_job(t) else None)
-        with self._guarded(t) as uow:
-            records.record_gate_result(uow, t.task, t.language, version, report)
-            if failed:
-                reason = f"gates failed: {', '.join(failed)}"
-                deployment.reject(uow, t.task, t.language, version, reason)
-                note = (f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
-                        if self.upgrade_job(t) else "")
-                if plan is not None:  # the next attempt differs; one alert once exhausted
-                    return self._rejected(t, plan, uow, reason, version)
-                self._to_steady(t, reason, cooldown=True, expected=None, uow=uow,
-                                alert=f"candidate v{version} rejected: {reason}{note}",
-                                alert_kind="gates_failed")
-                return f"v{version} rejected ({', '.join(failed)}){note}"
-            deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
-            if t.champion is None:
-                deployment.promote(uow, t.task, t.language, version, t.revision,
-                                   "first champion: gates passed")
-                self._to_steady(t, "promoted", cooldown=False, expected=None, uow=uow)
-                return f"v{version} promoted (first champion)"
-            weight = self.policy.canary.steps[0]
-            deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
-                                    "gates passed")
-            now = self.clock.now()
-            self._phase(uow, t, CANARY, {**t.data, "step": 0, "step_started_at": now,
-                                         "last_analysis_at": now, "failures": 0,
-                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
-        return f"v{version} passed gates: canary at {weight:g}%"
-
-    # -- CANARY ------------------------------------------------------------------------
-    def _canary(self, t: TrackState, tp: TrackPolicy) -> str:
-        version = int(t.data["candidate"])
-        if t.canary != version:
-            # a person aborted or promoted it meanwhile: follow the registry
-            self._to_steady(t, "canary ended outside the controller", cooldown=False,
-                            expected=t.revision)
-            return "canary ended by hand: STEADY"
-        now = self.clock.now()
-        if now - float(t.data["last_analysis_at"]) < self.policy.canary.interval_s:
-            return f"canary step {t.data['step'] + 1} at {t.canary_weight:g}%: waiting"
-        events = self.ops.live_events(t.task, t.language, float(t.data["step_started_at"]), now)
-        baseline = t.data.get("champion_stats")
-        allowed = self.policy.evidence_for(t.task, t.language)
-        verdict = analyse([e for e in events if e.get("adapter_version") == version],
-                          [e for e in events if e.get("adapter_version") == t.champion],
-                          self.policy.canary,
-                          ArmStats(**baseline) if baseline else None, allowed,
-                          gather(self.ops, t.task, t.language, version, t.champion, events,
-                                 self.policy.canary, allowed))
-        step = int(t.data["step"])
-        data = {**t.data, "last_analysis_at": now}
-        if verdict.champion.labelled >= self.policy.canary.min_feedback_events:
-            data["champion_stats"] = asdict(verdict.champion)  # the 100% step compares to it
-        aborting = verdict.verdict == "fail" and (
-            int(data.get("failures", 0)) + 1 > self.policy.canary.failure_limit)
-        plan = (self._after_failure(t, version, "aborted", ["canary"], {})
-                if aborting and not self.upgrade_job(t) else None)
-        with self._guarded(t) as uow:
-            records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
-                                           verdict.metrics(), verdict.verdict)
-            if verdict.verdict == "pass":
-                return self._canary_passed(uow, t, version, step, data, verdict, now)
-            if verdict.verdict == "fail":
-                data["failures"] = int(data.get("failures", 0)) + 1
-                if data["failures"] > self.policy.canary.failure_limit:
-                    deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
-                    note = (f"; upgrade to {t.upgrade.to_base} failed" if self.upgrade_job(t)
-                            else "")
-                    self._to_steady(t, "canary aborted", cooldown=True, expected=None, uow=uow,
-                                    alert=f"canary v{version} aborted: {verdict.reason}{note}",
-                                    alert_kind="canary_aborted",
-                                    **({attempts.KEY: plan.to_dict()} if plan else {}))
-                    return f"canary aborted: {verdict.reason}"
-                self._phase(uow, t, CANARY, {**data, "step_started_at": now},
-                            f"canary analysis failed ({data['failures']})", t.revision)
-                return f"canary analysis failed: {verdict.reason}"
-            data["inconclusive"] = int(data.get("inconclusive", 0)) + 1
-            if data["inconclusive"] > self.policy.canary.inconclusive_limit:
-                self._phase(uow, t, PAUSED, data, f"paused: {verdict.reason}", t.revision)
-                uow.event("alert", task=t.task, language=t.language,
-                          reason=f"canary v{version} paused: {verdict.reason}; "
-                                 "run `xlt canary resume` or `xlt canary abort`",
-                          after={"kind": "canary_paused"})
-                return "canary paused (inconclusive)"
-            self._phase(uow, t, CANARY, data, f"inconclusive: {verdict.reason}", t.revision)
-            return f"canary inconclusive: {verdict.reason}"
-
-    def _canary_passed(self, uow: Any, t: TrackState, version: int, step: int,
-                       data: dict[str, Any], verdict: Any, now: float) -> str:
-        steps = self.policy.canary.steps
-        if step + 1 < len(steps):
-            weight = steps[step + 1]
-            deployment.set_canary_weight(uow, t.task, t.language, weight, t.revision,
-                                         f"step {step + 1} passed")
-            self._phase(uow, t, CANARY, {**data, "step": step + 1, "step_started_at": now,
-                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
-            return f"canary step {step + 1} passed: weight {weight:g}%"
-        deployment.promote(uow, t.task, t.language, version, t.revision,
-                           f"canary passed all {len(steps)} steps")
-        baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
-                         if a is not None), 0.0)
-        guard = {"until": now + self.policy.guard_window_s, "since": now, "version": version,
-                 "baseline_accuracy": baseline}
-        self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
-        return f"v{version} promoted after {len(steps)} canary steps"
-
-    # -- PAUSED ------------------------------------------------------------------------
-    def _paused(self, t: TrackState, tp: TrackPolicy) -> str:
-        if t.canary is None:
-            self._to_steady(t, "canary ended while paused", cooldown=False, expected=t.revision)
-            return "canary ended by hand: STEADY"
-        return "paused: waiting for `xlt canary resume` or `xlt canary abort`"
 
 
 def training_params(policy: Policy, t: TrackState, report_id: int | None,

@@ -1,0 +1,167 @@
+"""The reconciler's steps from a candidate that finished training to a champion: GATING
+(held-out evaluation of candidate and champion, the gate report; pass -> canary step 1, or
+promote when there is no champion; fail -> reject, the next attempt or an alert), CANARY
+(after each interval, analyse live traffic with labels or the label-free estimate; pass ->
+next step or promote with a guard window, fail -> abort past the failure limit,
+inconclusive -> PAUSED past its limit) and PAUSED (waits for a person).
+Mixed into controller.reconciler.Reconciler."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from controller import attempts
+from controller.canary_analysis import ArmStats, analyse
+from controller.gates import evaluate_gates
+from controller.label_free import gather
+from registry.commands import deployment, records
+
+if TYPE_CHECKING:
+    from controller.policy import TrackPolicy
+    from controller.reconciler import TrackState
+
+STEADY, CANARY, PAUSED = "STEADY", "CANARY", "PAUSED"
+
+
+class RolloutSteps:
+    # provided by the Reconciler and its other steps
+    policy: Any
+    ops: Any
+    clock: Any
+    _guarded: Any
+    _phase: Any
+    _to_steady: Any
+    upgrade_job: Any
+    _after_failure: Any
+    _rejected: Any
+
+    # -- GATING ------------------------------------------------------------------------
+    def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
+        version = int(t.data["candidate"])
+        candidate = self.ops.evaluate(t.task, t.language, version)
+        champion = (self.ops.evaluate(t.task, t.language, t.champion)
+                    if t.champion is not None else None)
+        # floors as for the candidate's base: the upgrade's target, else the track's base
+        policy = self.policy.for_base(t.upgrade.to_base if self.upgrade_job(t) else t.base)
+        fairness = self.ops.fairness(t.task, t.language, version, policy)
+        gates = evaluate_gates(candidate, champion, policy.gates, fairness)
+        report = [g.to_dict() for g in gates]
+        failed = [g.name for g in gates if not g.passed]
+        log_gates = getattr(self.ops, "log_gates", None)
+        if log_gates is not None:  # the MLflow evaluation run; never blocks the step
+            log_gates(t.task, t.language, version, candidate, report)
+        # an upgrade candidate that fails leaves the track on its base (no attempt ladder)
+        plan = (self._after_failure(t, version, "rejected", failed, attempts.figures_of(report))
+                if failed and not self.upgrade_job(t) else None)
+        with self._guarded(t) as uow:
+            records.record_gate_result(uow, t.task, t.language, version, report)
+            if failed:
+                reason = f"gates failed: {', '.join(failed)}"
+                deployment.reject(uow, t.task, t.language, version, reason)
+                note = (f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
+                        if self.upgrade_job(t) else "")
+                if plan is not None:  # the next attempt differs; one alert once exhausted
+                    return self._rejected(t, plan, uow, reason, version)
+                self._to_steady(t, reason, cooldown=True, expected=None, uow=uow,
+                                alert=f"candidate v{version} rejected: {reason}{note}",
+                                alert_kind="gates_failed")
+                return f"v{version} rejected ({', '.join(failed)}){note}"
+            deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
+            if t.champion is None:
+                deployment.promote(uow, t.task, t.language, version, t.revision,
+                                   "first champion: gates passed")
+                self._to_steady(t, "promoted", cooldown=False, expected=None, uow=uow)
+                return f"v{version} promoted (first champion)"
+            weight = self.policy.canary.steps[0]
+            deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
+                                    "gates passed")
+            now = self.clock.now()
+            self._phase(uow, t, CANARY, {**t.data, "step": 0, "step_started_at": now,
+                                         "last_analysis_at": now, "failures": 0,
+                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
+        return f"v{version} passed gates: canary at {weight:g}%"
+
+    # -- CANARY ------------------------------------------------------------------------
+    def _canary(self, t: TrackState, tp: TrackPolicy) -> str:
+        version = int(t.data["candidate"])
+        if t.canary != version:
+            # a person aborted or promoted it meanwhile: follow the registry
+            self._to_steady(t, "canary ended outside the controller", cooldown=False,
+                            expected=t.revision)
+            return "canary ended by hand: STEADY"
+        now = self.clock.now()
+        if now - float(t.data["last_analysis_at"]) < self.policy.canary.interval_s:
+            return f"canary step {t.data['step'] + 1} at {t.canary_weight:g}%: waiting"
+        events = self.ops.live_events(t.task, t.language, float(t.data["step_started_at"]), now)
+        baseline = t.data.get("champion_stats")
+        allowed = self.policy.evidence_for(t.task, t.language)
+        verdict = analyse([e for e in events if e.get("adapter_version") == version],
+                          [e for e in events if e.get("adapter_version") == t.champion],
+                          self.policy.canary,
+                          ArmStats(**baseline) if baseline else None, allowed,
+                          gather(self.ops, t.task, t.language, version, t.champion, events,
+                                 self.policy.canary, allowed))
+        step = int(t.data["step"])
+        data = {**t.data, "last_analysis_at": now}
+        if verdict.champion.labelled >= self.policy.canary.min_feedback_events:
+            data["champion_stats"] = asdict(verdict.champion)  # the 100% step compares to it
+        aborting = verdict.verdict == "fail" and (
+            int(data.get("failures", 0)) + 1 > self.policy.canary.failure_limit)
+        plan = (self._after_failure(t, version, "aborted", ["canary"], {})
+                if aborting and not self.upgrade_job(t) else None)
+        with self._guarded(t) as uow:
+            records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
+                                           verdict.metrics(), verdict.verdict)
+            if verdict.verdict == "pass":
+                return self._canary_passed(uow, t, version, step, data, verdict, now)
+            if verdict.verdict == "fail":
+                data["failures"] = int(data.get("failures", 0)) + 1
+                if data["failures"] > self.policy.canary.failure_limit:
+                    deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
+                    note = (f"; upgrade to {t.upgrade.to_base} failed" if self.upgrade_job(t)
+                            else "")
+                    self._to_steady(t, "canary aborted", cooldown=True, expected=None, uow=uow,
+                                    alert=f"canary v{version} aborted: {verdict.reason}{note}",
+                                    alert_kind="canary_aborted",
+                                    **({attempts.KEY: plan.to_dict()} if plan else {}))
+                    return f"canary aborted: {verdict.reason}"
+                self._phase(uow, t, CANARY, {**data, "step_started_at": now},
+                            f"canary analysis failed ({data['failures']})", t.revision)
+                return f"canary analysis failed: {verdict.reason}"
+            data["inconclusive"] = int(data.get("inconclusive", 0)) + 1
+            if data["inconclusive"] > self.policy.canary.inconclusive_limit:
+                self._phase(uow, t, PAUSED, data, f"paused: {verdict.reason}", t.revision)
+                uow.event("alert", task=t.task, language=t.language,
+                          reason=f"canary v{version} paused: {verdict.reason}; "
+                                 "run `xlt canary resume` or `xlt canary abort`",
+                          after={"kind": "canary_paused"})
+                return "canary paused (inconclusive)"
+            self._phase(uow, t, CANARY, data, f"inconclusive: {verdict.reason}", t.revision)
+            return f"canary inconclusive: {verdict.reason}"
+
+    def _canary_passed(self, uow: Any, t: TrackState, version: int, step: int,
+                       data: dict[str, Any], verdict: Any, now: float) -> str:
+        steps = self.policy.canary.steps
+        if step + 1 < len(steps):
+            weight = steps[step + 1]
+            deployment.set_canary_weight(uow, t.task, t.language, weight, t.revision,
+                                         f"step {step + 1} passed")
+            self._phase(uow, t, CANARY, {**data, "step": step + 1, "step_started_at": now,
+                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
+            return f"canary step {step + 1} passed: weight {weight:g}%"
+        deployment.promote(uow, t.task, t.language, version, t.revision,
+                           f"canary passed all {len(steps)} steps")
+        baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
+                         if a is not None), 0.0)
+        guard = {"until": now + self.policy.guard_window_s, "since": now, "version": version,
+                 "baseline_accuracy": baseline}
+        self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
+        return f"v{version} promoted after {len(steps)} canary steps"
+
+    # -- PAUSED ------------------------------------------------------------------------
+    def _paused(self, t: TrackState, tp: TrackPolicy) -> str:
+        if t.canary is None:
+            self._to_steady(t, "canary ended while paused", cooldown=False, expected=t.revision)
+            return "canary ended by hand: STEADY"
+        return "paused: waiting for `xlt canary resume` or `xlt canary abort`"
