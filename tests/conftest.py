@@ -93,6 +93,17 @@ def registry(db_url: str, tmp_path: Path):
     return Registry(load_settings(home=tmp_path / "home", database_url=db_url), actor="tester")
 
 
+@pytest.fixture
+def tiny_registry(registry, tmp_path: Path):
+    """An initialised registry (SQLite and PostgreSQL) with a tiny random BERT as tiny@1,
+    for training through the registry where model quality is not under test."""
+    from tests.tinymodel import make_tiny_bert
+
+    registry.init()
+    registry.register_encoder("tiny", "1", make_tiny_bert(tmp_path / "tiny"))
+    return registry
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny import build_tiny_bert

@@ -44,16 +44,7 @@ language = "hi"
 [[tracks]]
 task = "emoji-group"
 language = "sw"
-[gates]
-# the tiny random model is not under test for quality: every floor is open
-min_accuracy = 0.0
-min_macro_f1 = 0.0
-max_ece = 1.0
-min_english_accuracy = 0.0
-relative_epsilon = 1.0
-fairness_floor = 0.0
-bootstrap_samples = 200
-[canary]
+""" + OPEN_GATES_TOML + """[canary]
 steps = [50, 100]
 interval_s = 3600
 min_feedback_events = 5

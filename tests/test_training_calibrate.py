@@ -4,8 +4,6 @@ carries its temperature through the registry (and a warm start undoes it)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +15,6 @@ from controller.training.evaluate import expected_calibration_error
 from controller.training.head import LinearHead
 from controller.training.pipeline import train_adapter
 from registry import queries
-from tests.tinymodel import make_tiny_bert
 
 TASK = "emoji-group"
 
@@ -62,29 +59,22 @@ def test_scaled_head_keeps_predictions_and_lowers_ece() -> None:
         scaled_head(head, 0.0)
 
 
-@pytest.fixture
-def reg(registry, tmp_path: Path):
-    registry.init()
-    registry.register_encoder("tiny", "1", make_tiny_bert(tmp_path / "tiny"))
-    return registry
-
-
-def test_calibrated_adapter_ships_its_temperature(reg) -> None:
+def test_calibrated_adapter_ships_its_temperature(tiny_registry) -> None:
     cfg = DistillConfig(r=4, alpha=8, batch_size=16, max_length=24, warmup_steps=2,
                         ce_weight=1.0, source_labels=True, calibrate=True)
-    out = train_adapter(reg, TASK, "sw", base="tiny@1", epochs=1, device="cpu", seed=1,
+    out = train_adapter(tiny_registry, TASK, "sw", base="tiny@1", epochs=1, device="cpu", seed=1,
                         config=cfg, limit_pairs=64)
-    row = reg.query(queries.show_adapter, TASK, "sw", out["version"])
+    row = tiny_registry.query(queries.show_adapter, TASK, "sw", out["version"])
     t = row["hyperparams"]["temperature"]
     assert t > 0 and row["hyperparams"]["target_labels"] is True
-    _, path = reg.adapter_weights(TASK, "sw", out["version"])
+    _, path = tiny_registry.adapter_weights(TASK, "sw", out["version"])
     meta, _, head = read_adapter(path)
     assert meta["temperature"] == pytest.approx(t)
 
     # a warm start distils against the uncalibrated head, and calibrates afresh
-    cont = train_adapter(reg, TASK, "sw", epochs=1, device="cpu", continue_from=1,
+    cont = train_adapter(tiny_registry, TASK, "sw", epochs=1, device="cpu", continue_from=1,
                          config=cfg, limit_pairs=32)
-    _, path2 = reg.adapter_weights(TASK, "sw", cont["version"])
+    _, path2 = tiny_registry.adapter_weights(TASK, "sw", cont["version"])
     meta2, _, head2 = read_adapter(path2)
     t2 = meta2["temperature"]
     # the head itself is not retrained: both files hold the same head up to their T

@@ -4,56 +4,47 @@ continued from; the shipped dataset is registered with the sha256 of its files."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from controller.data import cldr
 from controller.training.distill import DistillConfig
 from controller.training.pipeline import ensure_dataset, evaluate_adapter, train_adapter
 from registry import queries
-from tests.tinymodel import make_tiny_bert
 
 TASK = "emoji-group"
 SMALL = DistillConfig(r=4, alpha=8, batch_size=16, max_length=24, warmup_steps=2)
 
 
-@pytest.fixture
-def reg(registry, tmp_path: Path):
-    registry.init()
-    registry.register_encoder("tiny", "1", make_tiny_bert(tmp_path / "tiny"))
-    return registry
-
-
-def test_shipped_dataset_sha256_matches_registry(reg) -> None:
+def test_shipped_dataset_sha256_matches_registry(tiny_registry) -> None:
     manifest = cldr.load_manifest()
-    ids = {split: ensure_dataset(reg, "sw", split) for split in cldr.SPLITS}
-    assert ensure_dataset(reg, "sw", "train") == ids["train"]  # idempotent
-    rows = {r["split"]: r for r in reg.query(queries.list_datasets, cldr.DATASET_NAME, "sw")}
+    ids = {split: ensure_dataset(tiny_registry, "sw", split) for split in cldr.SPLITS}
+    assert ensure_dataset(tiny_registry, "sw", "train") == ids["train"]  # idempotent
+    rows = {r["split"]: r
+            for r in tiny_registry.query(queries.list_datasets, cldr.DATASET_NAME, "sw")}
     for split in cldr.SPLITS:
         assert rows[split]["sha256"] == manifest["splits"][split]["sha256"]
         assert rows[split]["rows"] == manifest["per_language"]["sw"][split]
         assert rows[split]["licence"] == "Unicode-DFS-2016"
 
 
-def test_train_register_evaluate_and_continue(reg) -> None:
-    out = train_adapter(reg, TASK, "sw", base="tiny@1", epochs=1, device="cpu", seed=1,
+def test_train_register_evaluate_and_continue(tiny_registry) -> None:
+    out = train_adapter(tiny_registry, TASK, "sw", base="tiny@1", epochs=1, device="cpu", seed=1,
                         config=SMALL, limit_pairs=64, drift_report_id=None)
     assert out["version"] == 1 and out["teacher"] == "en"
-    row = reg.query(queries.show_adapter, TASK, "sw", 1)
+    row = tiny_registry.query(queries.show_adapter, TASK, "sw", 1)
     assert row["teacher_language"] == "en" and len(row["dataset_ids"]) == 2
     assert row["config"]["kind"] == "lora" and row["config"]["r"] == 4
     assert row["hyperparams"]["epochs"] == 1 and row["hyperparams"]["data_languages"] == ["sw"]
     assert 0.0 <= row["metrics"]["accuracy"] <= 1.0
 
-    full = evaluate_adapter(reg, TASK, "sw", 1, device="cpu")
+    full = evaluate_adapter(tiny_registry, TASK, "sw", 1, device="cpu")
     assert full["accuracy"] == pytest.approx(row["metrics"]["accuracy"])
     assert len(full["correct"]) == full["n"] == cldr.load_manifest()["per_language"]["sw"]["test"]
     assert full["english_accuracy"] is not None
 
-    cont = train_adapter(reg, TASK, "sw", epochs=1, device="cpu", continue_from=1,
+    cont = train_adapter(tiny_registry, TASK, "sw", epochs=1, device="cpu", continue_from=1,
                          config=SMALL, limit_pairs=32, data_languages=["sw", "fil"])
     assert cont["version"] == 2
-    row2 = reg.query(queries.show_adapter, TASK, "sw", 2)
+    row2 = tiny_registry.query(queries.show_adapter, TASK, "sw", 2)
     assert row2["parent_adapter_id"] == row["id"] and row2["hyperparams"]["l2_pull"] > 0
     assert row2["hyperparams"]["data_languages"] == ["sw", "fil"]
