@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export XLT_HOME ?= $(CURDIR)/.xlt
 
-.PHONY: install demo demo-upgrade test lint bench clean
+.PHONY: install demo demo-english test lint bench clean
 
 # torch first, from the local CPU wheel: a bare `torch` requirement would pull CUDA packages
 $(VENV)/.installed: pyproject.toml
@@ -22,9 +22,9 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m controller.demo
 
-# the base upgrade to the multilingual base, end to end (slower: see README, Known limits)
-demo-upgrade: install
-	$(PY) -m controller.demo_upgrade
+# the first wave's loop on the English base alone (hi, sw, yo on minilm@1)
+demo-english: install
+	$(PY) -m controller.demo_english
 
 test: install
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""What `make demo` and `make demo-upgrade` share: a demo-only home, an hour of simulated
+"""What `make demo` and `make demo-english` share: a demo-only home, an hour of simulated
 traffic served through the real Server, the hourly controller loop (with a person forcing
 a retrain on a corrupted export once), and the languages picture. Each demo supplies its
 script (which languages, how many events, when hi drifts, when the corruption happens)."""
