@@ -14,7 +14,7 @@ deep recipe's adapters running their top two blocks only. Adapters are random Lo
 with the deep recipe's shape (r=16 on query/key/value/dense of the top two blocks): speed
 does not depend on the weights' values.
 
-    python bench/model_cache_bench.py [--hours 3] [--threads 2]
+    python bench/model_cache_bench.py [--hours 4] [--gate-runs 3] [--threads 2]
 
 Prints a table, then as its LAST line one JSON object with the figures.
 """
@@ -130,8 +130,8 @@ def gate_runs(reg: Registry, memo: bool, runs: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hours", type=int, default=3, help="hours of traffic per mode")
-    parser.add_argument("--gate-runs", type=int, default=2, help="gate evaluations per mode")
+    parser.add_argument("--hours", type=int, default=4, help="hours of traffic per mode")
+    parser.add_argument("--gate-runs", type=int, default=3, help="gate evaluations per mode")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
