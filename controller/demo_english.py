@@ -15,30 +15,14 @@ the multilingual base.
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-import time
-import warnings
 from pathlib import Path
-
-import click
 
 from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.demo_loop import (  # noqa: E402
-    TASK,
-    DemoScript,
-    languages_picture,
-    prepare_home,
-    print_final,
-    run_hours,
-)
+from controller.demo_loop import TASK, DemoScript, print_final, run_demo  # noqa: E402
 from controller.encoder import demo_base_dir  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
-from registry.errors import XltError  # noqa: E402
 from registry.service import Registry  # noqa: E402
 
 POLICY = Path(__file__).with_name("demo_english_policy.toml")
@@ -53,23 +37,9 @@ SCRIPT = DemoScript(hours=11, events={"hi": 600, "sw": 300, "yo": 300}, hi_share
                     corrupt_at_hour=4)  # events per simulated hour
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.ERROR)
-    warnings.filterwarnings("ignore")
-    began = time.monotonic()
-    home = Path(os.environ.get("XLT_HOME", ".xlt")).resolve()
-    prepare_home(home)
-    reg = Registry.open(home=home, actor="demo")
-    reg.init()
+def register_bases(reg: Registry) -> str:
     enc = reg.register_encoder("minilm", "1", demo_base_dir())
-    click.echo(f"xlt demo: registry {reg.db.url}\n  base encoder {enc.ref} "
-               f"(all-MiniLM-L6-v2, fingerprint {enc.fingerprint[:12]}), policy {POLICY}\n")
-
-    policy = load_policy(POLICY)
-    run_hours(reg, policy, SCRIPT)
-    picture = languages_picture(reg, policy)
-    finish(reg, home, time.monotonic() - began)
-    click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
+    return f"  base encoder {enc.ref} (all-MiniLM-L6-v2, fingerprint {enc.fingerprint[:12]})"
 
 
 def finish(reg: Registry, home: Path, seconds: float) -> None:
@@ -77,7 +47,4 @@ def finish(reg: Registry, home: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except XltError as exc:
-        sys.exit(f"demo failed: {exc}")
+    run_demo(POLICY, SCRIPT, register_bases, finish)

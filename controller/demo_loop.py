@@ -5,8 +5,11 @@ script (which languages, how many events, when hi drifts, when the corruption ha
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,10 +20,11 @@ import click
 from controller.clock import ManualClock
 from controller.drift.simulator import Scenario, TrafficSimulator
 from controller.live_ops import LiveOperations
-from controller.policy import Policy
+from controller.policy import Policy, load_policy
 from controller.reconciler import request_retrain
 from controller.scheduler import Controller
 from controller.serving import ModelCache, Server
+from registry.errors import XltError
 from registry.service import Registry
 
 TASK = "emoji-group"
@@ -147,3 +151,28 @@ def print_final(reg: Registry, task: str, home: Path, seconds: float,
     click.echo(f"\ndone in {seconds:.0f} s. Look next (XLT_HOME={home}):")
     for cmd, what in hints:
         click.echo(f"  {cmd.ljust(width)}  {what}")
+
+
+def run_demo(policy_path: Path, script: DemoScript, register_bases: Callable[[Registry], str],
+             finish: Callable[[Registry, Path, float], None],
+             picture_base: Callable[[Policy], str | None] = lambda policy: None) -> None:
+    """A demo from start to end: a fresh demo home under XLT_HOME, the bases registered
+    (`register_bases` returns the lines that introduce them), the hours of `script` under
+    the policy, `finish`'s tables, and the languages picture (on `picture_base`'s base)."""
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore")
+    began = time.monotonic()
+    home = Path(os.environ.get("XLT_HOME", ".xlt")).resolve()
+    try:
+        prepare_home(home)
+        reg = Registry.open(home=home, actor="demo")
+        reg.init()
+        click.echo(f"xlt demo: registry {reg.db.url}, policy {policy_path}\n"
+                   f"{register_bases(reg)}\n")
+        policy = load_policy(policy_path)
+        run_hours(reg, policy, script)
+        picture = languages_picture(reg, policy, picture_base(policy))
+        finish(reg, home, time.monotonic() - began)
+    except XltError as exc:
+        raise SystemExit(f"demo failed: {exc}") from exc
+    click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
