@@ -22,16 +22,15 @@ class AttemptSteps:
     clock: Any
     _guarded: Any
     _phase: Any
-    _steady_data: Any
     _to_steady: Any
     _start_training: Any
 
     def _attempt_due(self, t: TrackState, now: float) -> str | None:
         """STEADY's first look: a base change resets the plan; a due retry starts; a track
         without a champion waits for its retry, or for a base upgrade once exhausted."""
-        if attempts.base_changed(t.data, t.base):
+        if attempts.base_changed(t.status.attempts, t.base):
             return self._base_changed(t)
-        plan = attempts.current(t.data, t.base or "", t.champion)
+        plan = attempts.current(t.status.attempts, t.base or "", t.champion)
         if plan is None:
             return None
         if plan.retry_at is not None and now >= plan.retry_at:
@@ -45,7 +44,7 @@ class AttemptSteps:
 
     def _attempt_context(self, t: TrackState, report_id: int | None
                          ) -> tuple[attempts.AttemptPlan, attempts.Options, set[str]]:
-        plan = (attempts.current(t.data, t.base or "", t.champion)
+        plan = (attempts.current(t.status.attempts, t.base or "", t.champion)
                 or attempts.AttemptPlan(t.base or "", t.champion, report_id))
         registered = self.reg.query(queries.track_languages, t.task)
         opts = attempts.options(self.policy, t.task, t.language, registered)
@@ -57,7 +56,7 @@ class AttemptSteps:
                        ) -> attempts.AttemptPlan | None:
         """The plan with this failure recorded (next attempt scheduled, or exhausted);
         None for a candidate the controller did not plan (a person's `xlt retrain`)."""
-        plan = attempts.current(t.data, t.base or "", t.champion)
+        plan = attempts.current(t.status.attempts, t.base or "", t.champion)
         if plan is None or plan.last is None or plan.last.outcome != "training":
             return None
         recorded = attempts.failed(plan, version, outcome, failed, figures, self.clock.now(),
@@ -74,7 +73,7 @@ class AttemptSteps:
             return self._exhausted(t, plan, uow, reason)
         self._to_steady(t, f"{reason}; attempt {len(plan.attempts) + 1} at "
                         f"{plan.retry_at:.0f}", cooldown=False, expected=None, uow=uow,
-                        **{attempts.KEY: plan.to_dict()})
+                        attempts=plan)
         return f"v{version} rejected ({reason}): next attempt planned"
 
     def _exhausted(self, t: TrackState, plan: attempts.AttemptPlan, uow: Any, why: str) -> str:
@@ -91,7 +90,7 @@ class AttemptSteps:
                 {"attempts": attempts.summary(plan),
                  "best_figures": best.figures if best else {}})
         self._to_steady(t, f"attempts exhausted: {why}", cooldown=True, expected=None,
-                        uow=uow, alert=alert, **{attempts.KEY: plan.to_dict()})
+                        uow=uow, alert=alert, attempts=plan)
         return f"attempts exhausted: {alert}"
 
     def _base_changed(self, t: TrackState) -> str:
@@ -100,7 +99,6 @@ class AttemptSteps:
         with self._guarded(t) as uow:
             servability.clear_not_servable(uow, t.task, t.language,
                                            f"base is now {t.base}: attempts start afresh")
-            data = attempts.store(self._steady_data(t), None)
-            data.pop("cooldown_until", None)
-            self._phase(uow, t, "STEADY", data, f"base changed to {t.base}", None)
+            self._phase(uow, t, "STEADY", t.status.steady(attempts=None, cooldown_until=None),
+                        f"base changed to {t.base}", None)
         return f"base changed to {t.base}: attempts start afresh"

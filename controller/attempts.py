@@ -122,41 +122,34 @@ class AttemptPlan:
         return {a.fingerprint for a in self.attempts}
 
 
-# -- reading and writing phase_data ------------------------------------------------------
+# -- reading the plan (controller.phase_status.PhaseStatus.attempts) ------------------------
 def load(data: dict[str, Any]) -> AttemptPlan | None:
-    raw = data.get(KEY)
+    """The plan in a track's raw phase_data, if any."""
+    raw = (data or {}).get(KEY)
     return AttemptPlan.from_dict(raw) if raw else None
 
 
-def current(data: dict[str, Any], base: str, champion: int | None) -> AttemptPlan | None:
+def current(plan: AttemptPlan | None, base: str, champion: int | None
+            ) -> AttemptPlan | None:
     """The plan of this (base, champion), or None when there is none or it is stale."""
-    plan = load(data)
     if plan is None or plan.base != base or plan.champion != champion:
         return None
     return plan
 
 
-def base_changed(data: dict[str, Any], base: str | None) -> bool:
+def base_changed(plan: AttemptPlan | None, base: str | None) -> bool:
     """True when the track's recorded plan was for another base: the caller starts afresh
     (and lifts a "not servable" mark). A base upgrade retries the track through this."""
-    plan = load(data)
     return plan is not None and base is not None and plan.base != base
 
 
-def settled(data: dict[str, Any], base: str, champion: int | None) -> str:
+def settled(plan: AttemptPlan | None, base: str, champion: int | None) -> str:
     """"exhausted" or "pending" when the plan of this (base, champion) already answers a
     drift alarm (no new training), else ""."""
-    plan = current(data, base, champion)
+    plan = current(plan, base, champion)
     if plan is None:
         return ""
     return "exhausted" if plan.exhausted else ("pending" if plan.retry_at is not None else "")
-
-
-def store(data: dict[str, Any], plan: AttemptPlan | None) -> dict[str, Any]:
-    out = {k: v for k, v in data.items() if k != KEY}
-    if plan is not None:
-        out[KEY] = plan.to_dict()
-    return out
 
 
 # -- choosing inputs ----------------------------------------------------------------------

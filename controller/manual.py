@@ -15,5 +15,5 @@ def resume_canary(registry: Registry, task: str, language: str, now: float) -> N
         raise InvalidTransition(f"track {task}/{language} is not paused",
                                 "only a PAUSED canary can be resumed")
     t = TrackState.from_status(rows[0])
-    data = {**t.data, "inconclusive": 0, "step_started_at": now, "last_analysis_at": now}
-    registry.set_phase(task, language, CANARY, data, t.revision, "resumed by hand")
+    status = t.status.but(inconclusive=0, step_started_at=now, last_analysis_at=now)
+    registry.set_phase(task, language, CANARY, status.to_dict(), t.revision, "resumed by hand")

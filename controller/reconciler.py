@@ -34,6 +34,7 @@ from controller.executors import Executor, InlineExecutor
 from controller.gates import guard_verdict
 from controller.label_free import arm_estimate
 from controller.operations import Operations
+from controller.phase_status import Guard, PhaseStatus
 from controller.policy import Policy, TrackPolicy
 from controller.rollout_steps import CANARY, PAUSED, STEADY, RolloutSteps
 from controller.training_steps import TrainingSteps
@@ -53,7 +54,7 @@ class TrackState:
     task: str
     language: str
     phase: str
-    data: dict[str, Any]
+    status: PhaseStatus
     revision: int
     champion: int | None
     canary: int | None
@@ -64,7 +65,8 @@ class TrackState:
     @classmethod
     def from_status(cls, row: dict[str, Any], upgrade: UpgradeState | None = None
                     ) -> TrackState:
-        return cls(row["task"], row["language"], row["phase"], dict(row["phase_data"] or {}),
+        return cls(row["task"], row["language"], row["phase"],
+                   PhaseStatus.from_dict(row["phase_data"]),
                    row["revision"], row["champion"], row["canary"], row["canary_weight"],
                    upgrade, row.get("base"))
 
@@ -129,27 +131,25 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps, RolloutSteps):
             yield uow
         failpoints.after_commit()
 
-    def _phase(self, uow: Any, t: TrackState, phase: str, data: dict[str, Any],
+    def _phase(self, uow: Any, t: TrackState, phase: str, status: PhaseStatus,
                reason: str, expected: int | None) -> None:
-        deployment.set_phase(uow, t.task, t.language, phase, data, expected, reason)
-
-    def _steady_data(self, t: TrackState, **extra: Any) -> dict[str, Any]:
-        keep = {k: t.data[k] for k in ("last_check_at", "cooldown_until", attempts.KEY)
-                if k in t.data}
-        return {**keep, **extra}
+        deployment.set_phase(uow, t.task, t.language, phase, status.to_dict(), expected,
+                             reason)
 
     def _to_steady(self, t: TrackState, reason: str, *, cooldown: bool, expected: int | None,
                    uow: Any = None, alert: str | None = None, alert_kind: str = "alert",
-                   **extra: Any) -> None:
-        data = self._steady_data(t, **extra)
+                   **changes: Any) -> None:
+        """Back to STEADY (keeping what `PhaseStatus.steady` keeps, plus `changes`), with
+        an optional cooldown and alert, in `uow` or a transaction of its own."""
+        status = t.status.steady(**changes)
         if cooldown:
-            data["cooldown_until"] = self.clock.now() + self.policy.cooldown_s
+            status = status.but(cooldown_until=self.clock.now() + self.policy.cooldown_s)
         if uow is None:
             with self._guarded(t) as own:
                 self._to_steady(t, reason, cooldown=cooldown, expected=expected, uow=own,
-                                alert=alert, alert_kind=alert_kind, **extra)
+                                alert=alert, alert_kind=alert_kind, **changes)
             return
-        self._phase(uow, t, STEADY, data, reason, expected)
+        self._phase(uow, t, STEADY, status, reason, expected)
         if alert:  # the kind lets webhooks and dashboards tell alerts apart
             uow.event("alert", task=t.task, language=t.language, reason=alert,
                       after={"kind": alert_kind})
@@ -157,28 +157,28 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps, RolloutSteps):
     # -- STEADY ------------------------------------------------------------------------
     def _steady(self, t: TrackState, tp: TrackPolicy) -> str:
         now = self.clock.now()
-        guard = t.data.get("guard")
+        guard = t.status.guard
         if guard:
             return self._guard(t, guard, now)
         if t.upgrade is not None and t.upgrade.status in RESTARTABLE:
             return self.start_upgrade_training(t, now)
         if (pending := self._attempt_due(t, now)) is not None:  # a retry, or not servable
             return pending
-        if t.champion is None and now >= float(t.data.get("cooldown_until", 0)):
+        if t.champion is None and now >= (t.status.cooldown_until or 0):
             return self._start_training(t, now, "no champion yet: train the first one", None,
                                         [])
-        if now - float(t.data.get("last_check_at", 0)) < self.policy.check_interval_s:
+        if now - (t.status.last_check_at or 0) < self.policy.check_interval_s:
             return "steady"
         outcome = self.ops.check_drift(t.task, t.language,
                                        self.policy.drift_for(t.task, t.language))
-        cooling = now < float(t.data.get("cooldown_until", 0))
+        cooling = now < (t.status.cooldown_until or 0)
         # a pending retry answers the drift; an exhausted plan waits for a new champion/base
-        settled = attempts.settled(t.data, t.base or "", t.champion)
+        settled = attempts.settled(t.status.attempts, t.base or "", t.champion)
         if outcome.verdict != "drift" or cooling or settled:
             why = f"drift check: {outcome.verdict}" + (" (in cooldown)" if cooling else "")
             why += f" (attempts {settled})" if settled and not cooling else ""
             with self._guarded(t) as uow:
-                self._phase(uow, t, STEADY, {**t.data, "last_check_at": now}, why, t.revision)
+                self._phase(uow, t, STEADY, t.status.but(last_check_at=now), why, t.revision)
             return why
         return self._start_training(
             t, now, f"drift ({', '.join(outcome.drifted_signals) or 'signals'}): retrain",
@@ -202,22 +202,21 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps, RolloutSteps):
                                      t.language)
             plan = attempts.begin(plan, inputs, change, job.id)
             self._phase(uow, t, RETRAINING,
-                        {**self._steady_data(t), "job_id": job.id, "attempt": 1,
-                         "last_check_at": now, "drift_report_id": report_id,
-                         attempts.KEY: plan.to_dict()},
+                        t.status.steady(job_id=job.id, attempt=1, last_check_at=now,
+                                        drift_report_id=report_id, attempts=plan),
                         f"{reason}: attempt {len(plan.attempts)} ({change})", t.revision)
         return f"{reason} (job {job.id}, attempt {len(plan.attempts)}: {change})"
 
-    def _guard(self, t: TrackState, guard: dict[str, Any], now: float) -> str:
-        if now > float(guard["until"]):
+    def _guard(self, t: TrackState, guard: Guard, now: float) -> str:
+        if now > guard.until:
             with self._guarded(t) as uow:
-                data = {k: v for k, v in t.data.items() if k != "guard"}
-                self._phase(uow, t, STEADY, data, "guard window over", t.revision)
+                self._phase(uow, t, STEADY, t.status.but(guard=None), "guard window over",
+                            t.revision)
             return "guard window over"
-        rows = [r for r in self.ops.live_events(t.task, t.language, float(guard["since"]), now)
+        rows = [r for r in self.ops.live_events(t.task, t.language, guard.since, now)
                 if r.get("adapter_version") == t.champion]
         allowed = self.policy.evidence_for(t.task, t.language)
-        judged = guard_verdict(rows, float(guard["baseline_accuracy"]),
+        judged = guard_verdict(rows, guard.baseline_accuracy,
                                self.policy.guard_max_accuracy_drop, self.policy.canary, allowed,
                                arm_estimate(self.ops, t.task, t.language, t.champion, rows,
                                             self.policy.canary, allowed))
@@ -258,8 +257,7 @@ def request_retrain(registry: Registry, policy: Policy, task: str, language: str
     with registry.unit_of_work() as uow:
         uow.lock_track(task, language, t.revision)
         job = records.create_job(uow, "train", params, policy.executor, task, language)
-        deployment.set_phase(uow, task, language, RETRAINING,
-                             {**{k: t.data[k] for k in ("last_check_at",) if k in t.data},
-                              "job_id": job.id, "attempt": 1}, None, reason)
+        status = PhaseStatus(last_check_at=t.status.last_check_at, job_id=job.id, attempt=1)
+        deployment.set_phase(uow, task, language, RETRAINING, status.to_dict(), None, reason)
     return job.id
 

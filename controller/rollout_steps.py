@@ -8,13 +8,13 @@ Mixed into controller.reconciler.Reconciler."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from controller import attempts
-from controller.canary_analysis import ArmStats, analyse
+from controller.canary_analysis import analyse
 from controller.gates import evaluate_gates
 from controller.label_free import gather
+from controller.phase_status import Guard, PhaseStatus
 from registry.commands import deployment, records
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class RolloutSteps:
 
     # -- GATING ------------------------------------------------------------------------
     def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
-        version = int(t.data["candidate"])
+        version = t.status.on_trial()
         candidate = self.ops.evaluate(t.task, t.language, version)
         champion = (self.ops.evaluate(t.task, t.language, t.champion)
                     if t.champion is not None else None)
@@ -77,85 +77,84 @@ class RolloutSteps:
             deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
                                     "gates passed")
             now = self.clock.now()
-            self._phase(uow, t, CANARY, {**t.data, "step": 0, "step_started_at": now,
-                                         "last_analysis_at": now, "failures": 0,
-                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
+            self._phase(uow, t, CANARY,
+                        t.status.but(step=0, step_started_at=now, last_analysis_at=now,
+                                     failures=0, inconclusive=0),
+                        f"canary at {weight:g}%", None)
         return f"v{version} passed gates: canary at {weight:g}%"
 
     # -- CANARY ------------------------------------------------------------------------
     def _canary(self, t: TrackState, tp: TrackPolicy) -> str:
-        version = int(t.data["candidate"])
+        st = t.status
+        version, step = st.on_trial(), st.step or 0
         if t.canary != version:
             # a person aborted or promoted it meanwhile: follow the registry
             self._to_steady(t, "canary ended outside the controller", cooldown=False,
                             expected=t.revision)
             return "canary ended by hand: STEADY"
         now = self.clock.now()
-        if now - float(t.data["last_analysis_at"]) < self.policy.canary.interval_s:
-            return f"canary step {t.data['step'] + 1} at {t.canary_weight:g}%: waiting"
-        events = self.ops.live_events(t.task, t.language, float(t.data["step_started_at"]), now)
-        baseline = t.data.get("champion_stats")
+        if now - (st.last_analysis_at or 0) < self.policy.canary.interval_s:
+            return f"canary step {step + 1} at {t.canary_weight:g}%: waiting"
+        events = self.ops.live_events(t.task, t.language, st.step_started_at or 0, now)
         allowed = self.policy.evidence_for(t.task, t.language)
         verdict = analyse([e for e in events if e.get("adapter_version") == version],
                           [e for e in events if e.get("adapter_version") == t.champion],
-                          self.policy.canary,
-                          ArmStats(**baseline) if baseline else None, allowed,
+                          self.policy.canary, st.champion_stats, allowed,
                           gather(self.ops, t.task, t.language, version, t.champion, events,
                                  self.policy.canary, allowed))
-        step = int(t.data["step"])
-        data = {**t.data, "last_analysis_at": now}
+        st = st.but(last_analysis_at=now)
         if verdict.champion.labelled >= self.policy.canary.min_feedback_events:
-            data["champion_stats"] = asdict(verdict.champion)  # the 100% step compares to it
-        aborting = verdict.verdict == "fail" and (
-            int(data.get("failures", 0)) + 1 > self.policy.canary.failure_limit)
+            st = st.but(champion_stats=verdict.champion)  # the 100% step compares to it
+        failures = (st.failures or 0) + (verdict.verdict == "fail")
+        aborting = verdict.verdict == "fail" and failures > self.policy.canary.failure_limit
         plan = (self._after_failure(t, version, "aborted", ["canary"], {})
                 if aborting and not self.upgrade_job(t) else None)
         with self._guarded(t) as uow:
             records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
                                            verdict.metrics(), verdict.verdict)
             if verdict.verdict == "pass":
-                return self._canary_passed(uow, t, version, step, data, verdict, now)
+                return self._canary_passed(uow, t, version, step, st, verdict, now)
             if verdict.verdict == "fail":
-                data["failures"] = int(data.get("failures", 0)) + 1
-                if data["failures"] > self.policy.canary.failure_limit:
+                st = st.but(failures=failures)
+                if aborting:
                     deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
                     note = (f"; upgrade to {t.upgrade.to_base} failed" if self.upgrade_job(t)
                             else "")
                     self._to_steady(t, "canary aborted", cooldown=True, expected=None, uow=uow,
                                     alert=f"canary v{version} aborted: {verdict.reason}{note}",
                                     alert_kind="canary_aborted",
-                                    **({attempts.KEY: plan.to_dict()} if plan else {}))
+                                    **({"attempts": plan} if plan else {}))
                     return f"canary aborted: {verdict.reason}"
-                self._phase(uow, t, CANARY, {**data, "step_started_at": now},
-                            f"canary analysis failed ({data['failures']})", t.revision)
+                self._phase(uow, t, CANARY, st.but(step_started_at=now),
+                            f"canary analysis failed ({failures})", t.revision)
                 return f"canary analysis failed: {verdict.reason}"
-            data["inconclusive"] = int(data.get("inconclusive", 0)) + 1
-            if data["inconclusive"] > self.policy.canary.inconclusive_limit:
-                self._phase(uow, t, PAUSED, data, f"paused: {verdict.reason}", t.revision)
+            st = st.but(inconclusive=(st.inconclusive or 0) + 1)
+            if (st.inconclusive or 0) > self.policy.canary.inconclusive_limit:
+                self._phase(uow, t, PAUSED, st, f"paused: {verdict.reason}", t.revision)
                 uow.event("alert", task=t.task, language=t.language,
                           reason=f"canary v{version} paused: {verdict.reason}; "
                                  "run `xlt canary resume` or `xlt canary abort`",
                           after={"kind": "canary_paused"})
                 return "canary paused (inconclusive)"
-            self._phase(uow, t, CANARY, data, f"inconclusive: {verdict.reason}", t.revision)
+            self._phase(uow, t, CANARY, st, f"inconclusive: {verdict.reason}", t.revision)
             return f"canary inconclusive: {verdict.reason}"
 
     def _canary_passed(self, uow: Any, t: TrackState, version: int, step: int,
-                       data: dict[str, Any], verdict: Any, now: float) -> str:
+                       st: PhaseStatus, verdict: Any, now: float) -> str:
         steps = self.policy.canary.steps
         if step + 1 < len(steps):
             weight = steps[step + 1]
             deployment.set_canary_weight(uow, t.task, t.language, weight, t.revision,
                                          f"step {step + 1} passed")
-            self._phase(uow, t, CANARY, {**data, "step": step + 1, "step_started_at": now,
-                                         "inconclusive": 0}, f"canary at {weight:g}%", None)
+            self._phase(uow, t, CANARY, st.but(step=step + 1, step_started_at=now,
+                                               inconclusive=0), f"canary at {weight:g}%", None)
             return f"canary step {step + 1} passed: weight {weight:g}%"
         deployment.promote(uow, t.task, t.language, version, t.revision,
                            f"canary passed all {len(steps)} steps")
         baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
                          if a is not None), 0.0)
-        guard = {"until": now + self.policy.guard_window_s, "since": now, "version": version,
-                 "baseline_accuracy": baseline}
+        guard = Guard(until=now + self.policy.guard_window_s, since=now, version=version,
+                      baseline_accuracy=float(baseline))
         self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
         return f"v{version} promoted after {len(steps)} canary steps"
 

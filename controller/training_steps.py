@@ -17,6 +17,7 @@ from sqlalchemy import and_, select
 
 from controller import failpoints, job_queue
 from controller.executors import Poll, Progress
+from controller.phase_status import PhaseStatus
 from registry.commands import records
 from registry.errors import XltError
 from registry.jobs import JobStatus, JobView
@@ -45,8 +46,8 @@ class TrainingSteps:
 
     def prefetch_jobs(self, rows: Any) -> None:
         """The jobs RETRAINING tracks wait on, in one query for the whole tick."""
-        ids = [int(r["phase_data"]["job_id"]) for r in rows
-               if r["phase"] == RETRAINING and (r["phase_data"] or {}).get("job_id")]
+        ids = [job for r in rows if r["phase"] == RETRAINING
+               and (job := PhaseStatus.from_dict(r["phase_data"]).job_id) is not None]
         self._prefetched = {}
         if ids:
             with self.reg.reading() as s:
@@ -61,7 +62,9 @@ class TrainingSteps:
 
     # -- RETRAINING --------------------------------------------------------------------
     def _retraining(self, t: TrackState, tp: Any, job: JobView | None = None) -> str:
-        job_id = int(t.data["job_id"])
+        job_id = t.status.job_id
+        if job_id is None:
+            raise ValueError("a RETRAINING track's phase data names no job")
         job = job or getattr(self, "_prefetched", {}).pop(job_id, None) or self._job(job_id)
         if job.status == JobStatus.SUCCEEDED:
             return self._trained(t, int((job.result or {})["version"]))
@@ -109,26 +112,26 @@ class TrainingSteps:
         version = int(result["version"])
         with self._guarded(t) as uow:
             records.update_job(uow, job.id, "succeeded", result=result)
-            self._phase(uow, t, GATING, {**t.data, "candidate": version},
+            self._phase(uow, t, GATING, t.status.but(candidate=version),
                         f"trained v{version}", t.revision)
             self.upgrade_trained(uow, t, version)
         return f"trained candidate v{version}"
 
     def _trained(self, t: TrackState, version: int) -> str:
         with self._guarded(t) as uow:
-            self._phase(uow, t, GATING, {**t.data, "candidate": version},
+            self._phase(uow, t, GATING, t.status.but(candidate=version),
                         f"trained v{version}", t.revision)
             self.upgrade_trained(uow, t, version)
         return f"candidate v{version} to gates"
 
     def _train_failed(self, t: TrackState, params: dict[str, Any], error: str) -> str:
-        attempt = int(t.data.get("attempt", 1))
+        attempt = t.status.attempt or 1
         if attempt < self.policy.training.max_attempts:
             with self._guarded(t) as uow:
                 job = records.create_job(uow, "train", params, self.policy.executor, t.task,
                                          t.language)
                 self._phase(uow, t, RETRAINING,
-                            {**t.data, "job_id": job.id, "attempt": attempt + 1},
+                            t.status.but(job_id=job.id, attempt=attempt + 1),
                             f"retry after: {error}", t.revision)
             return f"retrying training (attempt {attempt + 1})"
         with self._guarded(t) as uow:
@@ -146,11 +149,12 @@ class TrainingSteps:
                 select(Job, Track.phase, Track.phase_data)
                 .join(Track, and_(Track.task == Job.task, Track.language == Job.language))
                 .where(Job.kind == "train", Job.status.in_(("queued", "running")))).all()
-            jobs = [(JobView.of(j), phase, dict(data or {})) for j, phase, data in rows]
+            jobs = [(JobView.of(j), phase, PhaseStatus.from_dict(data))
+                    for j, phase, data in rows]
         running = [j for j, _, _ in jobs if j.status == JobStatus.RUNNING]
         # only the job its track waits on (a job a person's abort left behind stays queued)
-        queued = [j for j, phase, data in jobs if j.status == JobStatus.QUEUED
-                  and phase == RETRAINING and data.get("job_id") == j.id]
+        queued = [j for j, phase, status in jobs if j.status == JobStatus.QUEUED
+                  and phase == RETRAINING and status.job_id == j.id]
         training = self.policy.training
         gpus = 0
         if training.num_gpus > 0:

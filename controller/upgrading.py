@@ -75,10 +75,9 @@ class UpgradeSteps:
         with self._guarded(t) as uow:  # type: ignore[attr-defined]
             job = records.create_job(uow, "train", params, self.policy.executor, t.task,
                                      t.language)
-            deployment.set_phase(uow, t.task, t.language, RETRAINING,
-                                 {**self._steady_data(t), "job_id": job.id,  # type: ignore[attr-defined]
-                                  "attempt": 1, "last_check_at": now,
-                                  "drift_report_id": None, "upgrade_id": up.id},
+            status = t.status.steady(job_id=job.id, attempt=1, last_check_at=now,
+                                     upgrade_id=up.id)
+            deployment.set_phase(uow, t.task, t.language, RETRAINING, status.to_dict(),
                                  t.revision, reason)
             deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.TRAINING,
                                        None, f"training job {job.id}")
@@ -87,7 +86,7 @@ class UpgradeSteps:
     @staticmethod
     def upgrade_job(t: Any) -> bool:
         """Whether the track's current training job is its active upgrade's."""
-        return t.upgrade is not None and t.data.get("upgrade_id") == t.upgrade.id
+        return t.upgrade is not None and t.status.upgrade_id == t.upgrade.id
 
     def upgrade_trained(self, uow: Any, t: Any, version: int) -> None:
         if self.upgrade_job(t):

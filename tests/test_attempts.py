@@ -5,6 +5,7 @@ resolve serves its fallback (the parent tag's champion)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from controller import attempts
 from controller.clock import ManualClock
 from controller.live_ops import LiveOperations
+from controller.phase_status import PhaseStatus
 from controller.policy import parse_policy
 from controller.scheduler import Controller
 from controller.serving import ModelCache
@@ -154,7 +156,10 @@ def test_plan_never_repeats_inputs_and_follows_the_base() -> None:
     again = attempts.next_inputs(attempts.AttemptPlan("tiny@1", None), policy, opts,
                                  {first.fingerprint()}, first)
     assert again is not None and again[0].fingerprint() != first.fingerprint()
-    data = attempts.store({}, plan)
-    assert attempts.current(data, "tiny@1", None) == plan
-    assert attempts.current(data, "tiny@1", 3) is None  # a new champion: a new plan
-    assert attempts.base_changed(data, "tiny@2") and not attempts.base_changed(data, "tiny@1")
+    # the plan as the track's phase data stores it (JSON) and reads it back
+    stored = PhaseStatus.from_dict(json.loads(json.dumps(PhaseStatus(attempts=plan).to_dict())))
+    assert attempts.load(stored.to_dict()) == stored.attempts == plan
+    assert attempts.current(stored.attempts, "tiny@1", None) == plan
+    assert attempts.current(stored.attempts, "tiny@1", 3) is None  # a new champion: a new plan
+    assert (attempts.base_changed(stored.attempts, "tiny@2")
+            and not attempts.base_changed(stored.attempts, "tiny@1"))

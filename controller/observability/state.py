@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from controller.phase_status import PhaseStatus
 from registry.commands import alerts
 from registry.schema import Adapter, DriftReport, Event, Job, OutboxMessage, Track, utcnow
 from registry.service import Registry
@@ -103,7 +104,8 @@ def read_snapshot(registry: Registry) -> Snapshot:
             champ = adapters.get(t.champion_id) if t.champion_id else None
             canary = adapters.get(t.canary_id) if t.canary_id else None
             accuracy = (champ[1] or {}).get("accuracy") if champ else None
-            step = (t.phase_data or {}).get("step") if t.phase in ("CANARY", "PAUSED") else None
+            step = (PhaseStatus.from_dict(t.phase_data).step
+                    if t.phase in ("CANARY", "PAUSED") else None)
             snap.tracks.append(TrackRow(
                 t.task, t.language, t.phase, champ[0] if champ else None,
                 canary[0] if canary else None, float(t.canary_weight or 0.0),

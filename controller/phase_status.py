@@ -1,0 +1,94 @@
+"""The typed state of a track's phase (tracks.phase_data), in the spirit of Argo Rollouts'
+status struct: every field a reconciler step reads or writes is named here with its type,
+so the steps read `t.status.candidate` rather than `t.data["candidate"]`, and a misspelt
+field fails at once instead of reading a default.
+
+Stored as JSON with unset fields left out, so the stored shape is what the steps wrote
+before this type existed. Keys this controller does not know (written by a newer replica
+during a rolling upgrade) are kept in `unknown` and written back untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from controller.attempts import AttemptPlan
+from controller.canary_analysis import ArmStats
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The window after a promotion in which a regression rolls the champion back."""
+    until: float
+    since: float
+    version: int
+    baseline_accuracy: float
+
+
+@dataclass(frozen=True)
+class PhaseStatus:
+    # carried through every phase: when drift was last checked, no retrain before
+    # cooldown_until, and the attempt plan of the current (base, champion)
+    last_check_at: float | None = None
+    cooldown_until: float | None = None
+    attempts: AttemptPlan | None = None
+    # STEADY just after a promotion
+    guard: Guard | None = None
+    # RETRAINING: the job, how many times it was launched, why it was started
+    job_id: int | None = None
+    attempt: int | None = None
+    drift_report_id: int | None = None
+    upgrade_id: int | None = None
+    # GATING, CANARY, PAUSED: the candidate on trial
+    candidate: int | None = None
+    # CANARY, PAUSED: the step (index into the policy's steps) and its window
+    step: int | None = None
+    step_started_at: float | None = None
+    last_analysis_at: float | None = None
+    failures: int | None = None
+    inconclusive: int | None = None
+    champion_stats: ArmStats | None = None  # what the 100% step compares with
+    unknown: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> PhaseStatus:
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)} - {"unknown"}
+        values: dict[str, Any] = {k: raw.pop(k) for k in list(raw) if k in known}
+        if values.get("attempts"):
+            values["attempts"] = AttemptPlan.from_dict(values["attempts"])
+        if values.get("guard"):
+            values["guard"] = Guard(**values["guard"])
+        if values.get("champion_stats"):
+            values["champion_stats"] = ArmStats(**values["champion_stats"])
+        return cls(**{k: v for k, v in values.items() if v is not None}, unknown=raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.unknown)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "unknown" or value is None:
+                continue
+            if isinstance(value, AttemptPlan):
+                value = value.to_dict()
+            elif isinstance(value, Guard | ArmStats):
+                value = asdict(value)
+            out[f.name] = value
+        return out
+
+    def on_trial(self) -> int:
+        """The candidate of a GATING, CANARY or PAUSED track."""
+        if self.candidate is None:
+            raise ValueError("the track's phase data names no candidate")
+        return self.candidate
+
+    def steady(self, **changes: Any) -> PhaseStatus:
+        """What a track keeps when it returns to STEADY (check time, cooldown, attempt
+        plan), with `changes`."""
+        kept = PhaseStatus(last_check_at=self.last_check_at,
+                           cooldown_until=self.cooldown_until, attempts=self.attempts)
+        return replace(kept, **changes)
+
+    def but(self, **changes: Any) -> PhaseStatus:
+        return replace(self, **changes)
