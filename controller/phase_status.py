@@ -15,15 +15,17 @@ from typing import Any
 
 from controller.attempts import AttemptPlan
 from controller.canary_analysis import ArmStats
+from registry.errors import InvalidInput
 
 
 @dataclass(frozen=True)
 class Guard:
-    """The window after a promotion in which a regression rolls the champion back."""
+    """The window after a promotion in which a regression rolls the champion back. A
+    window set by hand may name only its times: no baseline, nothing to roll back for."""
     until: float
     since: float
-    version: int
-    baseline_accuracy: float
+    version: int | None = None
+    baseline_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,27 @@ class PhaseStatus:
     unknown: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> PhaseStatus:
-        raw = dict(raw or {})
-        known = {f.name for f in fields(cls)} - {"unknown"}
-        values: dict[str, Any] = {k: raw.pop(k) for k in list(raw) if k in known}
-        if values.get("attempts"):
-            values["attempts"] = AttemptPlan.from_dict(values["attempts"])
-        if values.get("guard"):
-            values["guard"] = Guard(**values["guard"])
-        if values.get("champion_stats"):
-            values["champion_stats"] = ArmStats(**values["champion_stats"])
-        return cls(**{k: v for k, v in values.items() if v is not None}, unknown=raw)
+    def from_dict(cls, raw: dict[str, Any] | None, strict: bool = True) -> PhaseStatus:
+        """The typed state of stored phase data. Malformed data (a hand edit, a bug) is an
+        InvalidInput naming the track's fields, which the reconciler reports for that track
+        alone; `strict=False` (bulk reads that only peek at one field) reads it as empty."""
+        try:
+            data = dict(raw or {})
+            known = {f.name for f in fields(cls)} - {"unknown"}
+            values: dict[str, Any] = {k: data.pop(k) for k in list(data) if k in known}
+            if values.get("attempts"):
+                values["attempts"] = AttemptPlan.from_dict(values["attempts"])
+            if values.get("guard"):
+                values["guard"] = Guard(**values["guard"])
+            if values.get("champion_stats"):
+                values["champion_stats"] = ArmStats(**values["champion_stats"])
+            return cls(**{k: v for k, v in values.items() if v is not None}, unknown=data)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            if not strict:
+                return cls()
+            raise InvalidInput(f"malformed phase data {raw!r}: {exc}",
+                               "the controller leaves the track alone until it is repaired "
+                               "(tracks.phase_data)") from exc
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.unknown)

@@ -216,7 +216,8 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps, RolloutSteps):
         rows = [r for r in self.ops.live_events(t.task, t.language, guard.since, now)
                 if r.get("adapter_version") == t.champion]
         allowed = self.policy.evidence_for(t.task, t.language)
-        judged = guard_verdict(rows, guard.baseline_accuracy,
+        baseline = guard.baseline_accuracy if guard.baseline_accuracy is not None else 0.0
+        judged = guard_verdict(rows, baseline,
                                self.policy.guard_max_accuracy_drop, self.policy.canary, allowed,
                                arm_estimate(self.ops, t.task, t.language, t.champion, rows,
                                             self.policy.canary, allowed))

@@ -47,7 +47,8 @@ class TrainingSteps:
     def prefetch_jobs(self, rows: Any) -> None:
         """The jobs RETRAINING tracks wait on, in one query for the whole tick."""
         ids = [job for r in rows if r["phase"] == RETRAINING
-               and (job := PhaseStatus.from_dict(r["phase_data"]).job_id) is not None]
+               and (job := PhaseStatus.from_dict(r["phase_data"], strict=False).job_id)
+               is not None]
         self._prefetched = {}
         if ids:
             with self.reg.reading() as s:
@@ -149,7 +150,7 @@ class TrainingSteps:
                 select(Job, Track.phase, Track.phase_data)
                 .join(Track, and_(Track.task == Job.task, Track.language == Job.language))
                 .where(Job.kind == "train", Job.status.in_(("queued", "running")))).all()
-            jobs = [(JobView.of(j), phase, PhaseStatus.from_dict(data))
+            jobs = [(JobView.of(j), phase, PhaseStatus.from_dict(data, strict=False))
                     for j, phase, data in rows]
         running = [j for j, _, _ in jobs if j.status == JobStatus.RUNNING]
         # only the job its track waits on (a job a person's abort left behind stays queued)

@@ -11,6 +11,7 @@ import pytest
 from controller import attempts
 from controller.canary_analysis import ArmStats
 from controller.phase_status import Guard, PhaseStatus
+from registry.errors import InvalidInput
 
 CANARY_DATA = {"last_check_at": 10.0, "cooldown_until": 50.0, "candidate": 3, "step": 1,
                "step_started_at": 20.0, "last_analysis_at": 30.0, "failures": 0,
@@ -44,7 +45,52 @@ def test_steady_keeps_the_check_time_cooldown_and_plan_only() -> None:
                                               "attempts": plan.to_dict()}
 
 
+def test_a_guard_set_by_hand_may_name_only_its_times() -> None:
+    status = PhaseStatus.from_dict({"guard": {"since": 1.0, "until": 2.0}})
+    assert status.guard == Guard(until=2.0, since=1.0)
+    assert status.to_dict() == {"guard": {"until": 2.0, "since": 1.0, "version": None,
+                                          "baseline_accuracy": None}}
+
+
+@pytest.mark.parametrize("raw", [{"guard": {"until": 1.0}}, {"guard": "soon"},
+                                 {"champion_stats": {"events": 1}}, {"attempts": [1, 2]}])
+def test_malformed_phase_data_is_a_domain_error_or_empty_when_peeking(raw: dict) -> None:
+    with pytest.raises(InvalidInput, match="malformed phase data"):
+        PhaseStatus.from_dict(raw)
+    assert PhaseStatus.from_dict(raw, strict=False) == PhaseStatus()
+
+
 def test_a_phase_without_a_candidate_says_so() -> None:
     with pytest.raises(ValueError, match="names no candidate"):
         PhaseStatus.from_dict({"job_id": 1}).on_trial()
     assert PhaseStatus.from_dict(None) == PhaseStatus()
+
+
+def test_a_track_with_malformed_phase_data_is_refused_alone(registry, tiny_model_dir) -> None:
+    from sqlalchemy import select
+
+    from controller.clock import ManualClock
+    from controller.live_ops import LiveOperations
+    from controller.policy import Policy
+    from controller.reconciler import Reconciler
+    from registry.schema import Track
+
+    now = 1_800_000_000.0
+    registry.init()
+    registry.register_encoder("tiny", "1", tiny_model_dir)
+    for lang in ("sw", "yo"):
+        registry.ensure_track("emoji-group", lang, "tiny@1")
+    with registry.unit_of_work() as uow:  # steady, checked; yo's guard is broken by hand
+        for track in uow.session.scalars(select(Track)):
+            track.phase_data = {"last_check_at": now, "cooldown_until": now * 2,
+                                **({"guard": {"until": "?"}} if track.language == "yo"
+                                   else {})}
+    policy = Policy.model_validate({"base": "tiny@1", "check_interval_s": 10**9,
+                                    "tracks": [{"task": "emoji-group", "language": lang}
+                                               for lang in ("sw", "yo")]})
+    clock = ManualClock(now + 1)
+    lines = Reconciler(registry, policy, LiveOperations(registry, policy, clock=clock),
+                       clock).tick()
+    assert "emoji-group/sw: steady" in lines
+    refused = [line for line in lines if line.startswith("emoji-group/yo: refused:")]
+    assert refused and "malformed phase data" in refused[0], lines

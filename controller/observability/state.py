@@ -104,7 +104,7 @@ def read_snapshot(registry: Registry) -> Snapshot:
             champ = adapters.get(t.champion_id) if t.champion_id else None
             canary = adapters.get(t.canary_id) if t.canary_id else None
             accuracy = (champ[1] or {}).get("accuracy") if champ else None
-            step = (PhaseStatus.from_dict(t.phase_data).step
+            step = (PhaseStatus.from_dict(t.phase_data, strict=False).step
                     if t.phase in ("CANARY", "PAUSED") else None)
             snap.tracks.append(TrackRow(
                 t.task, t.language, t.phase, champ[0] if champ else None,
