@@ -36,7 +36,6 @@ from sqlalchemy.orm import Session
 from controller.policy import Policy
 from registry.schema import Job
 
-KEY = "attempts"
 # figures kept per attempt (from the gate report): what "best" is judged on, first one first
 FIGURES = ("accuracy_floor", "macro_f1_floor", "ece_ceiling", "forgetting_english_accuracy")
 
@@ -123,12 +122,6 @@ class AttemptPlan:
 
 
 # -- reading the plan (controller.phase_status.PhaseStatus.attempts) ------------------------
-def load(data: dict[str, Any]) -> AttemptPlan | None:
-    """The plan in a track's raw phase_data, if any."""
-    raw = (data or {}).get(KEY)
-    return AttemptPlan.from_dict(raw) if raw else None
-
-
 def current(plan: AttemptPlan | None, base: str, champion: int | None
             ) -> AttemptPlan | None:
     """The plan of this (base, champion), or None when there is none or it is stale."""

@@ -92,7 +92,7 @@ def test_failing_language_is_tried_differently_then_marked(sqlite_url: str, tmp_
     assert len(created) == 3
     row = next(r for r in reg.status(TASK) if r["language"] == "sr-Latn")
     assert row["not_servable_on"] == "tiny@1" and row["champion"] is None
-    plan = attempts.load(row["phase_data"])
+    plan = PhaseStatus.from_dict(row["phase_data"]).attempts
     assert plan is not None and plan.exhausted
     assert [a.outcome for a in plan.attempts] == ["rejected"] * 3
     assert all("accuracy_floor" in a.failed_gates for a in plan.attempts)
@@ -158,7 +158,7 @@ def test_plan_never_repeats_inputs_and_follows_the_base() -> None:
     assert again is not None and again[0].fingerprint() != first.fingerprint()
     # the plan as the track's phase data stores it (JSON) and reads it back
     stored = PhaseStatus.from_dict(json.loads(json.dumps(PhaseStatus(attempts=plan).to_dict())))
-    assert attempts.load(stored.to_dict()) == stored.attempts == plan
+    assert stored.attempts == plan
     assert attempts.current(stored.attempts, "tiny@1", None) == plan
     assert attempts.current(stored.attempts, "tiny@1", 3) is None  # a new champion: a new plan
     assert (attempts.base_changed(stored.attempts, "tiny@2")

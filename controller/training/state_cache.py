@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,27 @@ from controller.encoder import TextEncoder
 from controller.training.embed import embed_ids, tokenize_ids
 
 Ids = Sequence[int]
+Key = Hashable
 
 
 def ids_key(ids: Ids) -> bytes:
     return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).digest()
+
+
+def compute_missing(keys: Sequence[Key], ids: Sequence[Ids], present: Container[Key],
+                    compute: Callable[[list[Ids]], list[torch.Tensor]]
+                    ) -> dict[Key, torch.Tensor]:
+    """Rows for the keys not in `present`, each distinct one computed once by `compute`
+    (detached, float32, on CPU): what both stores add on a miss."""
+    missing: dict[Key, Ids] = {}
+    for k, x in zip(keys, ids, strict=True):
+        if k not in present and k not in missing:
+            missing[k] = x
+    if not missing:
+        return {}
+    new = compute(list(missing.values()))
+    return {k: t.detach().float().cpu().contiguous()
+            for k, t in zip(missing, new, strict=True)}
 
 
 class TensorStore:
@@ -74,14 +92,8 @@ class TensorStore:
         ids) by `compute`, then written back."""
         self._refresh()
         keys = [ids_key(x) for x in ids]
-        missing: dict[bytes, Ids] = {}
-        for k, x in zip(keys, ids, strict=True):
-            if k not in self._rows and k not in missing:
-                missing[k] = x
-        if missing:
-            new = compute(list(missing.values()))
-            fresh = dict(zip(missing, (t.detach().float().cpu().contiguous() for t in new),
-                             strict=True))
+        fresh = compute_missing(keys, ids, self._rows, compute)
+        if fresh:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.path) + ".lock"):
                 merged = {**self._read(), **fresh}  # keep what other writers added
@@ -91,13 +103,14 @@ class TensorStore:
         return [self._rows[k] for k in keys]
 
 
-class FrozenBaseOutputs:
+class FrozenBaseOutputs(ABC):
     """What a frozen base computes for texts, memoised by token ids; subclasses say where
     the rows live (`_get_many`)."""
 
+    @abstractmethod
     def _get_many(self, kind: str, ids: Sequence[Ids],
                   compute: Callable[[list[Ids]], list[torch.Tensor]]) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The row of each ids list for `kind`, the missing ones computed by `compute`."""
 
     def embeddings(self, encoder: TextEncoder, texts: Sequence[str],
                    max_length: int | None = None) -> torch.Tensor:
@@ -157,14 +170,7 @@ class MemoryStateCache(FrozenBaseOutputs):
     def _get_many(self, kind: str, ids: Sequence[Ids],
                   compute: Callable[[list[Ids]], list[torch.Tensor]]) -> list[torch.Tensor]:
         keys = [(kind, ids_key(x)) for x in ids]
-        missing: dict[tuple[str, bytes], Ids] = {}
-        for k, x in zip(keys, ids, strict=True):
-            if k not in self._rows and k not in missing:
-                missing[k] = x
-        fresh = {}
-        if missing:
-            new = compute(list(missing.values()))
-            fresh = {k: t.detach().float().cpu() for k, t in zip(missing, new, strict=True)}
+        fresh = compute_missing(keys, ids, self._rows, compute)
         out = [fresh[k] if k in fresh else self._rows[k] for k in keys]
         for k in keys:  # most recently used last
             if k in self._rows:
