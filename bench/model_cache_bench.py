@@ -128,11 +128,18 @@ def gate_runs(reg: Registry, memo: bool, runs: int) -> list[float]:
     return seconds
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive count")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hours", type=int, default=4, help="hours of traffic per mode")
-    parser.add_argument("--gate-runs", type=int, default=3, help="gate evaluations per mode")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hours", type=positive, default=4, help="hours of traffic per mode")
+    parser.add_argument("--gate-runs", type=positive, default=3, help="gate evaluations per mode")
+    parser.add_argument("--threads", type=positive, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from controller.encoders.builtin import builtin

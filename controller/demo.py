@@ -26,7 +26,7 @@ from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.demo_loop import TASK, DemoScript, print_final, run_demo  # noqa: E402
+from controller.demo_loop import TASK, DemoScript, print_final, refuse, run_demo  # noqa: E402
 from controller.encoder import demo_base_dir  # noqa: E402
 from controller.encoders.builtin import builtin  # noqa: E402
 from registry import queries  # noqa: E402
@@ -41,7 +41,16 @@ def hi_share(hour: int) -> float:
     return 0.0 if hour < DRIFT_FROM_HOUR else min(0.8, 0.3 * (hour - DRIFT_FROM_HOUR + 1))
 
 
-SCRIPT = DemoScript(hours=int(os.environ.get("XLT_DEMO_HOURS", "18")),
+def demo_hours() -> int:
+    """XLT_DEMO_HOURS (default 18: the story's end), refused unless a positive integer."""
+    raw = os.environ.get("XLT_DEMO_HOURS", "18").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        refuse(f"demo: XLT_DEMO_HOURS={raw!r} is not a positive number of hours; "
+               "unset it for the whole story (18)")
+    return int(raw)
+
+
+SCRIPT = DemoScript(hours=demo_hours(),
                     events={"hi": 400, "sw": 200, "am": 200}, hi_share=hi_share,
                     corrupt_at_hour=10)  # the sw corruption comes on the new base
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -43,11 +44,17 @@ class DemoScript:
     corrupt_at_hour: int  # a person forces a sw retrain on shuffled pairs
 
 
+def refuse(message: str, exit_code: int = 2) -> NoReturn:
+    """A demo's one-line refusal on stderr, with xlt's exit codes (2: bad input)."""
+    click.echo(message, err=True)
+    raise SystemExit(exit_code)
+
+
 def prepare_home(home: Path) -> None:
     """The demo starts from an empty registry; it only ever removes a previous demo's."""
     if home.exists() and any(home.iterdir()):
         if not (home / MARKER).exists():
-            raise SystemExit(f"demo: {home} holds a registry that is not the demo's; "
+            refuse(f"demo: {home} holds a registry that is not the demo's; "
                              "set XLT_HOME to another folder (or remove it yourself)")
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -174,5 +181,5 @@ def run_demo(policy_path: Path, script: DemoScript, register_bases: Callable[[Re
         picture = languages_picture(reg, policy, picture_base(policy))
         finish(reg, home, time.monotonic() - began)
     except XltError as exc:
-        raise SystemExit(f"demo failed: {exc}") from exc
+        refuse(f"demo failed: {exc}", exc.exit_code)
     click.echo(f"  {picture}  (xlt report languages: the languages relative to English)")
