@@ -60,8 +60,7 @@ class PhaseStatus:
         alone; `strict=False` (bulk reads that only peek at one field) reads it as empty."""
         try:
             data = dict(raw or {})
-            known = {f.name for f in fields(cls)} - {"unknown"}
-            values: dict[str, Any] = {k: data.pop(k) for k in list(data) if k in known}
+            values: dict[str, Any] = {k: data.pop(k) for k in list(data) if k in _FIELDS}
             if values.get("attempts"):
                 values["attempts"] = AttemptPlan.from_dict(values["attempts"])
             if values.get("guard"):
@@ -78,15 +77,15 @@ class PhaseStatus:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.unknown)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "unknown" or value is None:
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is None:
                 continue
             if isinstance(value, AttemptPlan):
                 value = value.to_dict()
             elif isinstance(value, Guard | ArmStats):
                 value = asdict(value)
-            out[f.name] = value
+            out[name] = value
         return out
 
     def on_trial(self) -> int:
@@ -104,3 +103,7 @@ class PhaseStatus:
 
     def but(self, **changes: Any) -> PhaseStatus:
         return replace(self, **changes)
+
+
+# the stored fields, in declaration order (every tick reads every track's phase data)
+_FIELDS = tuple(f.name for f in fields(PhaseStatus) if f.name != "unknown")
