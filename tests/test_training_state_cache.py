@@ -137,3 +137,21 @@ def test_memory_cache_computes_each_text_once_and_stays_under_its_bound(
     computed.clear()
     small._get_many("prefix2", [ids[1]], count)  # the least recently used went first
     assert computed == [1]
+
+
+def test_memory_cache_rows_do_not_keep_their_batch_alive() -> None:
+    """Rows computed as slices of one padded batch: the memo keeps each row's own bytes
+    (what it counts against its bound), not a view of the whole batch."""
+    batch = torch.randn(8, 40, 16)
+
+    def sliced(todo: list) -> list[torch.Tensor]:
+        return [batch[i, :len(x)] for i, x in enumerate(todo)]
+
+    memo = MemoryStateCache()
+    rows = memo._get_many("prefix2", [[1, 2], [3, 4, 5]], sliced)
+    stored = list(memo._rows.values())
+    assert [tuple(r.shape) for r in rows] == [(2, 16), (3, 16)]
+    for r in stored:
+        assert r.untyped_storage().nbytes() == r.nelement() * r.element_size()
+    assert torch.equal(stored[1], batch[1, :3])
+    assert memo.nbytes == 5 * 16 * 4

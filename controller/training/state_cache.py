@@ -176,8 +176,13 @@ class MemoryStateCache(FrozenBaseOutputs):
             if k in self._rows:
                 self._rows.move_to_end(k)
         for k, t in fresh.items():
+            size = t.nelement() * t.element_size()
+            # a row sliced from its batch would keep the whole (padded) batch alive while
+            # counting only its own bytes: keep a copy, so the bound holds in memory too
+            if t.untyped_storage().nbytes() > size:
+                t = t.clone()
             self._rows[k] = t
-            self.nbytes += t.nelement() * t.element_size()
+            self.nbytes += size
         while self.nbytes > self.max_bytes and self._rows:
             _, t = self._rows.popitem(last=False)
             self.nbytes -= t.nelement() * t.element_size()
