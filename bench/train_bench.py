@@ -6,7 +6,7 @@ Per base and language: zero-shot accuracy (the base's own English head on the un
 base), accuracy after LoRA training, ECE, English accuracy through the student
 (forgetting), training seconds (teacher pass + cached prefix + steps + calibration) and
 peak memory. Each base trains with its own defaults (controller.training.distill.for_base:
-the 12-layer base adapts its top two blocks from cached prefix states, 32 tokens, four
+the 12-layer base adapts its top six blocks from cached prefix states, 32 tokens, three
 epochs, distillation plus the target labels, temperature fitted on the language's dev
 split; MiniLM: full-depth LoRA, distillation alone, uncalibrated. The state cache starts
 empty in each run, see --state-cache).

@@ -50,9 +50,13 @@ class AttemptInputs:
     target_labels: bool = False
     continue_from: int | None = None
     shuffle_pairs: bool = False  # corrupted data: drills and the demo only
+    top_blocks: int | None = None  # None: the base's default (policy [training] top_blocks)
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        if fields["top_blocks"] is None:  # as before the field existed: same fingerprint
+            del fields["top_blocks"]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def params(self) -> dict[str, Any]:
@@ -60,7 +64,7 @@ class AttemptInputs:
         return {"teacher": self.teacher, "data_languages": list(self.data_languages),
                 "epochs": self.epochs, "seed": self.seed, "target_labels": self.target_labels,
                 "continue_from": self.continue_from, "shuffle_pairs": self.shuffle_pairs,
-                "inputs_fingerprint": self.fingerprint()}
+                "top_blocks": self.top_blocks, "inputs_fingerprint": self.fingerprint()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AttemptInputs:
@@ -162,7 +166,8 @@ def first_inputs(policy: Policy, base: str, language: str, champion: int | None,
     return AttemptInputs(base=base, teacher=teacher, data_languages=tuple(langs),
                          epochs=int((extra or {}).get("epochs") or policy.training.epochs),
                          seed=policy.training.seed, continue_from=champion,
-                         shuffle_pairs=bool((extra or {}).get("shuffle_pairs")))
+                         shuffle_pairs=bool((extra or {}).get("shuffle_pairs")),
+                         top_blocks=policy.training.top_blocks)
 
 
 def _variations(best: AttemptInputs, policy: Policy, variants: Sequence[str],

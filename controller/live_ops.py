@@ -141,6 +141,7 @@ class LiveOperations:
             drift_report_id=params.get("drift_report_id"), job_id=job_id,
             target_labels=bool(params.get("target_labels")),
             target_label_weight=float(params.get("target_label_weight", 1.0)),
+            top_blocks=params.get("top_blocks"),
             inputs_fingerprint=params.get("inputs_fingerprint"),
             **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
         log_training_result(self.reg, task, language, result, params)

@@ -91,6 +91,10 @@ ALL_EVIDENCE: tuple[Evidence, ...] = ("labels", "estimate", "agreement")
 
 class TrainingPolicy(Strict):
     epochs: int = Field(6, ge=1)
+    # top encoder blocks a deep base (12+ blocks) adapts with LoRA; None: distill.for_base's
+    # six. Fewer trains and serves faster (the demo uses 2 to fit its 10 minutes), six
+    # reach 3 points more on yo and am. Shallow bases (MiniLM) always adapt every block
+    top_blocks: int | None = Field(None, ge=1)
     teacher: str | None = None  # None: English, or the nearest registered language by URIEL
     max_attempts: int = Field(2, ge=1)
     # a training running longer than this is given up as lost (a hung worker whose process

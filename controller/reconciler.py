@@ -236,6 +236,7 @@ def training_params(policy: Policy, t: TrackState, report_id: int | None,
     return {"task": t.task, "language": t.language, "epochs": policy.training.epochs,
             "teacher": policy.training.teacher, "seed": policy.training.seed,
             "device": policy.training.device, "continue_from": t.champion,
+            "top_blocks": policy.training.top_blocks,
             "drift_report_id": report_id, **(extra or {})}
 
 

@@ -41,6 +41,8 @@ def test_policy_file_with_tracks_and_overrides(tmp_path: Path) -> None:
     ("[base_gates.me5]\nmin_accuracy = 0.6", "field base_gates: Value error, base 'me5' is not"),
     ("[base_gates.'me5@1']\nmin_acuracy = 0.6", "field base_gates.me5@1.min_acuracy: Extra"),
     ("[base_gates.'me5@1']\nmin_accuracy = 2", "field base_gates.me5@1.min_accuracy"),
+    ("[training]\ntop_blocks = 0", "field training.top_blocks"),
+    ("[training]\ntop_blocks = 'six'", "field training.top_blocks"),
 ])
 def test_bad_policy_names_field_and_reason(text: str, needle: str) -> None:
     with pytest.raises(InvalidInput, match=needle.replace(".", r"\.")):
@@ -56,6 +58,30 @@ def test_base_gates_override_gates_field_by_field() -> None:
     assert p.for_base("minilm@1") is p and p.for_base(None) is p
     assert me5.fairness_floor_for("e", "sw") == 0.2  # a track's own floor still wins
     assert me5.tracks == p.tracks
+
+
+def test_top_blocks_reaches_the_training_job_and_its_attempt_fingerprint() -> None:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from controller.attempts import first_inputs
+    from controller.phase_status import PhaseStatus
+    from controller.reconciler import TrackState, training_params
+
+    default, two = parse_policy(""), parse_policy("[training]\ntop_blocks = 2\n")
+    assert default.training.top_blocks is None and two.training.top_blocks == 2
+    t = TrackState("e", "sw", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")
+    assert training_params(two, t, None)["top_blocks"] == 2
+    a = first_inputs(default, "me5-small@1", "sw", 1, "en", (), False)
+    b = first_inputs(two, "me5-small@1", "sw", 1, "en", (), False)
+    assert b.params()["top_blocks"] == 2 and a.params()["top_blocks"] is None
+    # a different cut is a different input; the default keeps the fingerprint it had
+    # before the field existed, so jobs recorded then still count as tried
+    assert a.fingerprint() != b.fingerprint()
+    before = {k: v for k, v in asdict(a).items() if k != "top_blocks"}
+    assert a.fingerprint() == hashlib.sha256(json.dumps(
+        before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:

@@ -48,3 +48,23 @@ def test_train_register_evaluate_and_continue(tiny_registry) -> None:
     row2 = tiny_registry.query(queries.show_adapter, TASK, "sw", 2)
     assert row2["parent_adapter_id"] == row["id"] and row2["hyperparams"]["l2_pull"] > 0
     assert row2["hyperparams"]["data_languages"] == ["sw", "fil"]
+
+
+def test_continuation_adapts_at_least_the_blocks_its_parent_adapted(
+        registry, tmp_path) -> None:
+    """A champion trained on the top 2 of 3 blocks, continued under a config that adapts
+    only the top block (a policy that lowered top_blocks): the child keeps the parent's
+    cut, so the parent's LoRA weights of block 1 carry over instead of being refused."""
+    from dataclasses import replace
+
+    from tests.tinymodel import make_tiny_bert
+
+    registry.init()
+    registry.register_encoder("tiny", "1", make_tiny_bert(tmp_path / "tiny3", layers=3))
+    train_adapter(registry, TASK, "sw", base="tiny@1", epochs=1, device="cpu", seed=1,
+                  config=replace(SMALL, frozen_layers=1), limit_pairs=32)
+    cont = train_adapter(registry, TASK, "sw", epochs=1, device="cpu", continue_from=1,
+                         config=replace(SMALL, frozen_layers=2), limit_pairs=32)
+    row = registry.query(queries.show_adapter, TASK, "sw", cont["version"])
+    assert row["hyperparams"]["frozen_layers"] == 1
+    assert row["config"]["layers_to_transform"] == [1, 2]

@@ -67,11 +67,19 @@ def test_frozen_prefix_student_trains_top_blocks_only_and_reloads(
 
 def test_for_base_picks_the_deep_base_defaults(encoder: TextEncoder) -> None:
     deep = type("C", (), {"num_hidden_layers": 12})()
-    assert for_base(deep).frozen_layers == 10 and for_base(deep).max_length == 32
-    assert for_base(deep).epochs == 4 and for_base(deep).ce_weight > 0
+    assert for_base(deep).frozen_layers == 6 and for_base(deep).max_length == 32
+    assert for_base(deep).epochs == 3 and for_base(deep).ce_weight > 0
     assert for_base(deep).source_labels and for_base(deep).calibrate
     assert for_base(encoder.model.config) == DistillConfig()
-    assert for_base(deep, epochs=3).epochs == 3
+    assert for_base(deep, epochs=5).epochs == 5
+    # the policy's top_blocks: how many top blocks a deep base adapts; all at or past depth
+    assert for_base(deep, top_blocks=2).frozen_layers == 10
+    assert for_base(deep, top_blocks=12).frozen_layers == 0
+    assert for_base(deep, top_blocks=40).frozen_layers == 0
+    # shallow bases (MiniLM) keep their full-depth recipe whatever the policy says
+    assert for_base(encoder.model.config, top_blocks=1) == DistillConfig()
+    with pytest.raises(ValueError, match="top_blocks must be at least 1"):
+        for_base(deep, top_blocks=0)
 
 
 def test_teacher_head_is_trained_once_per_base(tmp_path: Path, encoder: TextEncoder,

@@ -15,7 +15,11 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @lang_option()
 @click.option("--teacher", default=None,
               help="Teacher language (default: English, or the nearest by URIEL typology).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 4.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Default: the base's own (3).")
+@click.option("--top-blocks", "top_blocks", type=click.IntRange(min=1), default=None,
+              help="Top encoder blocks a deep base adapts with LoRA (default 6 of 12); "
+                   "MiniLM always adapts all.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -27,8 +31,8 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @json_option
 @pass_app
 def train(app: AppContext, task: str, language: str, teacher: str | None, epochs: int | None,
-          device: str, seed: int, base: str | None, continue_from: int | None,
-          with_variants: bool, as_json: bool) -> None:
+          top_blocks: int | None, device: str, seed: int, base: str | None,
+          continue_from: int | None, with_variants: bool, as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
     from controller.live_ops import dataset_variants, log_training_result
     from controller.training.pipeline import train_adapter
@@ -36,7 +40,7 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
     langs = [language] + (dataset_variants(language) if with_variants else [])
     result = train_adapter(app.registry(), task, language, teacher=teacher, epochs=epochs,
                            device=device, seed=seed, continue_from=continue_from, base=base,
-                           data_languages=langs, progress=not as_json)
+                           data_languages=langs, progress=not as_json, top_blocks=top_blocks)
     log_training_result(app.registry(), task, language, result,
                         {"epochs": epochs or 0, "device": device, "seed": seed,
                          "teacher": result["teacher"], "data_languages": "+".join(langs)})

@@ -141,7 +141,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   config: DistillConfig | None = None, limit_pairs: int | None = None,
                   progress: bool = False, shuffle_pairs: bool = False,
                   target_labels: bool = False, target_label_weight: float = 1.0,
-                  **_ignored: Any) -> dict[str, Any]:
+                  top_blocks: int | None = None, **_ignored: Any) -> dict[str, Any]:
     """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
 
     `data_languages`: whose text to train on (default: the track's language; a retrain
@@ -151,6 +151,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     `target_labels`: add cross-entropy on the target texts' own labels (weight
     `target_label_weight`), where the dataset has them (a rejected attempt's next step;
     a deep base's default recipe, distill.for_base, uses them always).
+    `top_blocks`: how many top encoder blocks get LoRA (default: the base's own, see
+    distill.for_base); ignored when `config` is given.
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     dataset_name, labels = task_spec(task)
@@ -158,7 +160,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     base_ref = _track_base(registry, task, language, base)
     encoder_row, encoder = load_base(registry, base_ref, device)
     # per-base defaults (deep bases: frozen prefix, short sequences), see distill.for_base
-    cfg = config or for_base(encoder.model.config)
+    cfg = config or for_base(encoder.model.config, top_blocks=top_blocks)
     cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}))
 
     registered = [r["language"] for r in registry.status(task)]
@@ -198,6 +200,11 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         head = scaled_head(LinearHead.from_tensors(head_tensors),
                            1.0 / float(meta.get("temperature") or 1.0))
         old_langs = parent_row.hyperparams.get("data_languages") or [language]
+        # a continuation adapts at least the blocks its parent adapted (fewer would drop
+        # the parent's LoRA weights of the blocks between): the lower cut of the two
+        parent_frozen = parent_row.hyperparams.get("frozen_layers")
+        if isinstance(parent_frozen, int) and parent_frozen < cfg.frozen_layers:
+            cfg = replace(cfg, frozen_layers=parent_frozen)
         replay = _pairs(cldr.load_split("train", [teacher_lang, *old_langs]), teacher_lang,
                         old_langs, limit_pairs)
         if cfg.l2_pull == 0:
