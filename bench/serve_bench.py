@@ -75,6 +75,7 @@ def make_adapters(reg: Registry, model_dir: Path, tmp: Path, languages: list[str
     from controller.encoder import TextEncoder
     from controller.training.artifact import save_adapter
     from controller.training.head import LinearHead
+    from tests.serve_support import randomize_lora
 
     encoder = TextEncoder(model_dir, device="cpu")
     fp = reg.query(encoder_by_ref, "bench@1").fingerprint
@@ -82,11 +83,7 @@ def make_adapters(reg: Registry, model_dir: Path, tmp: Path, languages: list[str
         r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"]))
     head = LinearHead(encoder.hidden_size, len(LABELS))
     for i, lang in enumerate(languages):
-        torch.manual_seed(i)
-        with torch.no_grad():
-            for name, p in student.named_parameters():
-                if "lora_" in name:
-                    p.copy_(torch.randn_like(p) * 0.02)
+        randomize_lora(student, i, 0.02)
         path = tmp / f"{lang}.safetensors"
         save_adapter(path, student, head, list(LABELS), fp)
         reg.register_adapter(task=TASK, language=lang, base="bench@1", weights=path,

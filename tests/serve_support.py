@@ -12,6 +12,16 @@ LABELS = ["smileys", "people", "animals", "food", "travel", "activities", "objec
 TASK = "emoji-group"
 
 
+def randomize_lora(model: torch.nn.Module, seed: int, scale: float) -> None:
+    """Random A and B in every LoRA matrix (peft zeroes B, which would make every adapter
+    equal to its base); the benches' adapters use it too: speed does not depend on values."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * scale)
+
+
 def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: int = 4,
                    targets: tuple[str, ...] = ("query", "value"),
                    labels: list[str] | None = None, layers: list[int] | None = None) -> Path:
@@ -30,10 +40,7 @@ def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: i
     student = get_peft_model(encoder.model, LoraConfig(r=r, lora_alpha=2 * r,
                                                        target_modules=list(targets),
                                                        layers_to_transform=layers))
-    with torch.no_grad():
-        for name, p in student.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn_like(p) * 0.3)
+    randomize_lora(student, seed, 0.3)
     head = LinearHead(encoder.hidden_size, len(labels))
     with torch.no_grad():
         head.linear.weight.copy_(torch.randn_like(head.linear.weight) * 3)
