@@ -103,7 +103,7 @@ class DistillConfig:
 
 
 DEEP_TOP_BLOCKS = 6  # blocks a deep base adapts (LoRA); everything below is cached
-# the deep-base recipe (measured on sw, yo, am; README "Training recipe"): distillation
+# the deep-base recipe (measured on sw, yo, am; README "Known limits"): distillation
 # plus the target language's own labels, the English self pairs labelled too, three
 # epochs, calibrated on dev
 DEEP_RECIPE: dict[str, Any] = {"max_length": 32, "epochs": 3, "lr": 5e-3, "ce_weight": 1.0,
@@ -119,7 +119,7 @@ def for_base(model_config: Any, top_blocks: int | None = None, **overrides: Any
     many as it has, or more, adapts them all); shallow bases ignore it, so one policy can
     hold first champions on MiniLM and an upgrade to a deep base.
 
-    Why six blocks and three epochs (2 CPU cores, two seeds, README "Training recipe"): on
+    Why six blocks and three epochs (2 CPU cores, two seeds, README "Known limits"): on
     top of two blocks for four epochs (25-40 s a language) they add 3 points on yo and am
     (0.701 -> 0.730, 0.700 -> 0.726, mean of seeds 0 and 1) and none on sw, in 60-70 s.
     Eight blocks for two epochs lost on all three; what moved the top blocks further
