@@ -142,6 +142,7 @@ class LiveOperations:
             target_labels=bool(params.get("target_labels")),
             target_label_weight=float(params.get("target_label_weight", 1.0)),
             top_blocks=params.get("top_blocks"),
+            calibration_folds=int(params.get("calibration_folds") or 0),
             inputs_fingerprint=params.get("inputs_fingerprint"),
             **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
         log_training_result(self.reg, task, language, result, params)
@@ -204,12 +205,20 @@ class LiveOperations:
         return self.models.predict(task, language, version, texts)
 
     def calibrator(self, task: str, language: str, version: int) -> Any:
-        """Isotonic confidence -> P(correct) of adapter `version`, fitted on the dev split of
-        what the track serves (its language and variants); CBPE assumes calibration."""
+        """Isotonic confidence -> P(correct) of adapter `version`; CBPE assumes calibration.
+        The cross-fitted map stored at training time when there is one (policy `[training]
+        calibration_folds`, controller.training.crossfit), else fitted on the dev split of
+        what the track serves (its language and variants)."""
         from controller.estimation import fit_calibrator
+        from controller.training.crossfit import calibrator_from_record
 
         key = (task, language, version)
         if key not in self._calibrators:
+            row = self.reg.query(queries.show_adapter, task, language, version)
+            stored = calibrator_from_record((row.get("metrics") or {}).get("calibrator"))
+            if stored is not None:
+                self._calibrators[key] = stored
+                return stored
             dev = cldr.load_split("dev", [language, *dataset_variants(language)])
             labels, conf = self.models.predict(task, language, version, dev["text"].tolist())
             self._calibrators[key] = fit_calibrator(

@@ -95,6 +95,10 @@ class TrainingPolicy(Strict):
     # six. Fewer trains and serves faster (the demo uses 2 to fit its 10 minutes), six
     # reach 3 points more on yo and am. Shallow bases (MiniLM) always adapt every block
     top_blocks: int | None = Field(None, ge=1)
+    # > 0: each training also trains its recipe this many times without a fold of the
+    # items, for a cross-fitted confidence map that label-free canaries and guards read
+    # (controller.training.crossfit); 0: the map is fitted on the dev split alone
+    calibration_folds: int = Field(0, ge=0)
     teacher: str | None = None  # None: English, or the nearest registered language by URIEL
     max_attempts: int = Field(2, ge=1)
     # a training running longer than this is given up as lost (a hung worker whose process
@@ -116,6 +120,13 @@ class TrainingPolicy(Strict):
     # the Ray executor's cluster: "host:port" or "ray://host:10001"; None: RAY_ADDRESS, else
     # a local cluster that ends with the controller (controller.ray_executor)
     ray_address: str | None = None
+
+    @field_validator("calibration_folds")
+    @classmethod
+    def _folds(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("cross-fitting needs at least 2 folds (or 0 for dev only)")
+        return folds
 
 
 class WebhookPolicy(Strict):

@@ -237,6 +237,7 @@ def training_params(policy: Policy, t: TrackState, report_id: int | None,
             "teacher": policy.training.teacher, "seed": policy.training.seed,
             "device": policy.training.device, "continue_from": t.champion,
             "top_blocks": policy.training.top_blocks,
+            "calibration_folds": policy.training.calibration_folds,
             "drift_report_id": report_id, **(extra or {})}
 
 

@@ -20,6 +20,10 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @click.option("--top-blocks", "top_blocks", type=click.IntRange(min=1), default=None,
               help="Top encoder blocks a deep base adapts with LoRA (default 6 of 12); "
                    "MiniLM always adapts all.")
+@click.option("--calibration-folds", "calibration_folds", type=click.IntRange(min=0),
+              default=0, show_default=True,
+              help="Also train the recipe K times without a fold of the items and store the "
+                   "cross-fitted confidence map label-free canaries read (K >= 2; 0: dev only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -31,7 +35,7 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @json_option
 @pass_app
 def train(app: AppContext, task: str, language: str, teacher: str | None, epochs: int | None,
-          top_blocks: int | None, device: str, seed: int, base: str | None,
+          top_blocks: int | None, calibration_folds: int, device: str, seed: int, base: str | None,
           continue_from: int | None, with_variants: bool, as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
     from controller.live_ops import dataset_variants, log_training_result
@@ -40,7 +44,8 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
     langs = [language] + (dataset_variants(language) if with_variants else [])
     result = train_adapter(app.registry(), task, language, teacher=teacher, epochs=epochs,
                            device=device, seed=seed, continue_from=continue_from, base=base,
-                           data_languages=langs, progress=not as_json, top_blocks=top_blocks)
+                           data_languages=langs, progress=not as_json, top_blocks=top_blocks,
+                           calibration_folds=calibration_folds)
     log_training_result(app.registry(), task, language, result,
                         {"epochs": epochs or 0, "device": device, "seed": seed,
                          "teacher": result["teacher"], "data_languages": "+".join(langs)})
@@ -48,6 +53,9 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
                "teacher": result["teacher"], "train_seconds": round(result["train_seconds"], 1),
                **{k: result["metrics"][k] for k in ("accuracy", "macro_f1", "ece",
                                                     "transfer_gap", "english_accuracy")}}
+    if "calibrator" in result["metrics"]:
+        cal = result["metrics"]["calibrator"]
+        summary["calibrator"] = f"cross-fitted, {cal['folds']} folds, {cal['n']} rows"
     if as_json:
         emit_json(summary)
     else:

@@ -26,10 +26,11 @@ from controller.data import cldr
 from controller.encoder import TextEncoder
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
 from controller.training.calibrate import calibrate_on_split, scaled_head
+from controller.training.crossfit import calibrator_record, confidences, cross_fitted
 from controller.training.distill import DistillConfig, ParallelData, distill, for_base
 from controller.training.evaluate import evaluate_split
 from controller.training.head import LinearHead
-from controller.training.head_cache import cached_teacher_head
+from controller.training.head_cache import cached_teacher_head, train_teacher_head
 from controller.training.state_cache import BaseStateCache
 from controller.training.teacher import choose_teacher
 from registry import queries
@@ -134,6 +135,19 @@ def _pairs(df: pd.DataFrame, teacher: str, languages: Sequence[str],
                         target_labels)
 
 
+def _training_pairs(train: pd.DataFrame, teacher: str, languages: Sequence[str],
+                    limit: int | None, labels: Sequence[str] | None, shuffle: bool,
+                    seed: int) -> ParallelData:
+    pairs = _pairs(train, teacher, languages, limit, labels)
+    if not shuffle:
+        return pairs
+    # corrupted data: each target text gets a random item's source text and label, so
+    # a recipe that reads target labels learns the corruption too
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    shuffled = None if pairs.target_labels is None else [pairs.target_labels[i] for i in order]
+    return ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order], shuffled)
+
+
 def train_adapter(registry: Any, task: str, language: str, teacher: str | None = None,
                   epochs: int | None = None, device: str = "auto", seed: int = 0,
                   continue_from: int | None = None, base: str | None = None,
@@ -141,7 +155,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   config: DistillConfig | None = None, limit_pairs: int | None = None,
                   progress: bool = False, shuffle_pairs: bool = False,
                   target_labels: bool = False, target_label_weight: float = 1.0,
-                  top_blocks: int | None = None, **_ignored: Any) -> dict[str, Any]:
+                  top_blocks: int | None = None, calibration_folds: int = 0,
+                  **_ignored: Any) -> dict[str, Any]:
     """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
 
     `data_languages`: whose text to train on (default: the track's language; a retrain
@@ -153,6 +168,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     a deep base's default recipe, distill.for_base, uses them always).
     `top_blocks`: how many top encoder blocks get LoRA (default: the base's own, see
     distill.for_base); ignored when `config` is given.
+    `calibration_folds` (0, or >= 2): also train the recipe that many times without a
+    fold of the items, and store the cross-fitted confidence -> P(correct) map that
+    label-free judgement reads (controller.training.crossfit); costs that many trainings.
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     dataset_name, labels = task_spec(task)
@@ -175,18 +193,14 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         ds = next(r for r in registry.query(queries.list_datasets, dataset_name)
                   if r["id"] == ds_id)
         cldr.verify_sha256(Path(ds["uri"]), ds["sha256"])
-    pairs = _pairs(train, teacher_lang, langs, limit_pairs,
-                   labels if target_labels or cfg.ce_weight > 0 else None)
+    if calibration_folds == 1 or calibration_folds < 0:
+        raise InvalidInput(f"calibration_folds must be 0 (dev only) or at least 2, got "
+                           f"{calibration_folds}", "use 0, or 5 for a cross-fitted map")
+    pair_labels = labels if target_labels or cfg.ce_weight > 0 else None
+    pairs = _training_pairs(train, teacher_lang, langs, limit_pairs, pair_labels,
+                            shuffle_pairs, seed)
     if target_labels and cfg.ce_weight == 0:
         cfg = replace(cfg, ce_weight=target_label_weight)
-    if shuffle_pairs:
-        # corrupted data: each target text gets a random item's source text and label, so
-        # a recipe that reads target labels learns the corruption too
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        shuffled = (None if pairs.target_labels is None
-                    else [pairs.target_labels[i] for i in order])
-        pairs = ParallelData(pairs.target_texts, [pairs.source_texts[i] for i in order],
-                             shuffled)
 
     # what the frozen base computes (teacher embeddings, prefix states) is kept per base
     cache = BaseStateCache(encoder_row.fingerprint)
@@ -219,20 +233,42 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
                      progress=progress, cache=cache)
     temperature = None
+    dev = cldr.load_split("dev", [language])
     if cfg.calibrate:  # fitted on dev, folded into the shipped head (serving uses it)
-        dev = cldr.load_split("dev", [language])
         head, temperature = calibrate_on_split(encoder, result.model, head, dev, language,
                                                labels, cache=cache)
     wall = time.perf_counter() - t0
+    calibrator = None
+    if calibration_folds:
+        def recipe(kept: pd.DataFrame) -> tuple[Any, LinearHead]:
+            # the fresh recipe on the kept items: teacher head, pairs, student, temperature
+            fold_head = train_teacher_head(encoder, kept, teacher_lang, labels, seed, cache)
+            fold = distill(encoder, fold_head, _training_pairs(
+                kept, teacher_lang, langs, limit_pairs, pair_labels, shuffle_pairs, seed),
+                cfg, progress=False, cache=cache)
+            if cfg.calibrate:
+                fold_head, _ = calibrate_on_split(encoder, fold.model, fold_head, dev,
+                                                  language, labels, cache=cache)
+            return fold.model, fold_head
+
+        t_cal = time.perf_counter()
+        calibrator = calibrator_record(cross_fitted(
+            encoder, train, language, labels, recipe, calibration_folds, seed,
+            extra=confidences(encoder, result.model, head, dev[dev["language"] == language],
+                              labels, cache), cache=cache), calibration_folds)
+        calibrator["seconds"] = round(time.perf_counter() - t_cal, 2)
     test = cldr.load_split("test", [teacher_lang, language])
     evaluation = evaluate_split(encoder, result.model, head, test, language, labels,
                                 source_language=teacher_lang, cache=cache)
     metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
     metrics["split"] = "test"
+    if calibrator is not None:
+        metrics["calibrator"] = calibrator
     hyper = {**cfg.to_dict(), "data_languages": langs, "shuffle_pairs": shuffle_pairs,
              "target_labels": pairs.target_labels is not None, "temperature": temperature,
              "device": str(encoder.device),
              "pairs": len(pairs), "train_seconds": round(wall, 2),
+             "calibration_folds": calibration_folds,
              "teacher_choice": choice.to_dict() if choice else {"teacher": teacher_lang,
                                                                   "reason": "given"},
              **{k: v for k, v in _ignored.items() if isinstance(v, int | float | str | None)}}
