@@ -173,6 +173,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     label-free judgement reads (controller.training.crossfit); costs that many trainings.
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
+    if calibration_folds == 1 or calibration_folds < 0:
+        raise InvalidInput(f"calibration_folds must be 0 (dev only) or at least 2, got "
+                           f"{calibration_folds}", "use 0, or 5 for a cross-fitted map")
     dataset_name, labels = task_spec(task)
     language = canonical_language(language)
     base_ref = _track_base(registry, task, language, base)
@@ -193,9 +196,6 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         ds = next(r for r in registry.query(queries.list_datasets, dataset_name)
                   if r["id"] == ds_id)
         cldr.verify_sha256(Path(ds["uri"]), ds["sha256"])
-    if calibration_folds == 1 or calibration_folds < 0:
-        raise InvalidInput(f"calibration_folds must be 0 (dev only) or at least 2, got "
-                           f"{calibration_folds}", "use 0, or 5 for a cross-fitted map")
     pair_labels = labels if target_labels or cfg.ce_weight > 0 else None
     pairs = _training_pairs(train, teacher_lang, langs, limit_pairs, pair_labels,
                             shuffle_pairs, seed)
