@@ -33,7 +33,7 @@ import torch
 
 from controller.encoder import TextEncoder
 from controller.estimation import Calibrator, fit_calibrator
-from controller.training.evaluate import embed_texts
+from controller.training.evaluate import predict_probs
 from controller.training.head import LinearHead
 from controller.training.state_cache import BaseStateCache
 
@@ -48,9 +48,7 @@ def confidences(encoder: TextEncoder, model: torch.nn.Module, head: LinearHead,
     if rows.empty:
         return np.zeros(0), np.zeros(0, dtype=bool)
     index = {name: i for i, name in enumerate(labels)}
-    emb = embed_texts(encoder, model, rows["text"].tolist(), cache)
-    with torch.inference_mode():
-        probs = torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
+    probs = predict_probs(encoder, model, head, rows["text"].tolist(), cache)
     truth = np.array([index[x] for x in rows["label"]])
     return probs.max(1), probs.argmax(1) == truth
 

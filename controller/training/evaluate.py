@@ -82,8 +82,8 @@ def embed_texts(encoder: TextEncoder, model: torch.nn.Module | None, texts: Sequ
     return emb
 
 
-def _predict(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
-             texts: Sequence[str], cache: FrozenBaseOutputs | None = None) -> np.ndarray:
+def predict_probs(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
+                  texts: Sequence[str], cache: FrozenBaseOutputs | None = None) -> np.ndarray:
     emb = embed_texts(encoder, model, texts, cache)
     with torch.inference_mode():
         return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
@@ -104,17 +104,17 @@ def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: 
     target = df[df["language"] == language]
     source = df[df["language"] == source_language]
     y = np.array([index[lab] for lab in target["label"]], dtype=int)
-    probs = _predict(encoder, student, head, target["text"].tolist(), cache)
+    probs = predict_probs(encoder, student, head, target["text"].tolist(), cache)
     pred = probs.argmax(1) if len(y) else np.zeros(0, dtype=int)
     correct = (pred == y).astype(int)
     confidence = probs.max(1) if len(y) else np.zeros(0)
     report = per_class_report(y, pred, labels)
 
     y_src = np.array([index[lab] for lab in source["label"]], dtype=int)
-    src_teacher = _accuracy(_predict(encoder, None, head, source["text"].tolist(), cache),
+    src_teacher = _accuracy(predict_probs(encoder, None, head, source["text"].tolist(), cache),
                             y_src)
     src_student = (src_teacher if student is None else
-                   _accuracy(_predict(encoder, student, head, source["text"].tolist(), cache),
+                   _accuracy(predict_probs(encoder, student, head, source["text"].tolist(), cache),
                              y_src))
     accuracy = float(correct.mean()) if len(y) else 0.0
     return {
