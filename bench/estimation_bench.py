@@ -187,9 +187,6 @@ def draw(pool: Any, n: int, rng: np.random.Generator, shifted: bool, distinct: b
     if shifted:
         favoured = rng.choice(cldr.LABELS, 2, replace=False)
         weight = np.where(pool["label"].isin(favoured), 4.0, 1.0)
-    if distinct and n > len(pool):
-        raise SystemExit(f"--window {n} is larger than the pool ({len(pool)} rows): "
-                         "lower --window or --train-share/--dev-share")
     return rng.choice(len(pool), n, replace=not distinct, p=weight / weight.sum())
 
 
@@ -303,6 +300,9 @@ def main() -> int:
             models.by_method = {"dev": {}, "crossfit": {}}
             cal_rows = fit_models(models, language, english_head, english_rows, train, dev,
                                   args.seed, args.folds, dev_in_pool=args.pool == "dev+test")
+            if heldout and args.window > len(pool):
+                ap.error(f"--window {args.window} is larger than {language}'s pool "
+                         f"({len(pool)} distinct rows): lower --window or the shares")
             texts = pool["text"].tolist()
             preds = {v: models.predict(TASK, language, v, texts) for v in (1, 2, 3, 4)}
             for version, name in ((1, "english"), (2, "own"), (3, "noise")):

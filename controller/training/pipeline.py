@@ -233,13 +233,15 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
                      progress=progress, cache=cache)
     temperature = None
-    dev = cldr.load_split("dev", [language])
-    if cfg.calibrate:  # fitted on dev, folded into the shipped head (serving uses it)
+    # read only when used: the temperature fit and the folds' own temperature fits
+    dev = (cldr.load_split("dev", [language]) if cfg.calibrate or calibration_folds
+           else None)
+    if cfg.calibrate and dev is not None:  # T from dev, folded into the shipped head
         head, temperature = calibrate_on_split(encoder, result.model, head, dev, language,
                                                labels, cache=cache)
     wall = time.perf_counter() - t0
     calibrator = None
-    if calibration_folds:
+    if calibration_folds and dev is not None:
         def recipe(kept: pd.DataFrame) -> tuple[Any, LinearHead]:
             # the fresh recipe on the kept items: teacher head, pairs, student, temperature
             fold_head = train_teacher_head(encoder, kept, teacher_lang, labels, seed, cache)
