@@ -33,6 +33,14 @@ is about.
      alike: one split is one draw of the calibration error.
    - `test` / `dev+test`: the shipped splits, windows drawn with replacement from the test
      split (or dev + test, calibrating on the out-of-fold rows only), as before.
+   Error budget (heldout pools): per model, the spread of a confidence-only estimate's
+   error split in two, both clustered by emoji (an emoji's name and keywords rows are
+   right or wrong together): the realisation of a window of this size around its
+   expectation, which no map of confidences removes, and the standard error of the map's
+   level from its calibration rows. The bench prints the share of windows within 3 points
+   that an exact map would reach and the share the two together predict, beside the
+   observed share: where the prediction matches the observation, what is left is the
+   calibration data's size, not the method.
 2. Canary with no labels: champion `english`, canary `own` (better) and `swapped` (worse)
    on windows of requests with no feedback at all, through controller.canary_analysis.analyse
    with controller.label_free's evidence (agreement + paired estimate).
@@ -47,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -111,7 +120,8 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
     split alone (the baseline; only when dev is not in the window pool) and cross-fitted
     (out-of-fold predictions over the training rows, folds by emoji, plus dev when dev is
     not in the pool). Returns each version's calibration rows (confidence, correct,
-    predicted class, true class) for the label-shift correction."""
+    predicted class, true class, emoji) for the label-shift correction and the error
+    decomposition."""
     index = {name: i for i, name in enumerate(cldr.LABELS)}
     x = models.embed(train["text"].tolist())
     y = np.array([index[v] for v in train["label"]])
@@ -129,7 +139,8 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
     rows: dict[int, tuple[np.ndarray, ...]] = {}
     for version, (rx, ry, rgroup) in recipes.items():
         probs = models.heads[(language, version)].predict_proba(models.embed(dev["text"].tolist()))
-        seen = [] if dev_in_pool else [(probs.max(1), probs.argmax(1), y_dev)]
+        seen = [] if dev_in_pool else [(probs.max(1), probs.argmax(1), y_dev,
+                                        dev["emoji"].to_numpy())]
         if not dev_in_pool:
             models.by_method["dev"][(language, version)] = fit_calibrator(
                 probs.max(1), probs.argmax(1) == y_dev)
@@ -142,14 +153,14 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
             head = train_head(rx[keep], ry[keep], len(cldr.LABELS), seed=seed)
             at = np.isin(emoji, list(held))
             out = head.predict_proba(x[at])
-            seen.append((out.max(1), out.argmax(1), y[at]))
+            seen.append((out.max(1), out.argmax(1), y[at], emoji[at]))
             return out.max(1), out.argmax(1) == y[at]
 
         extra = None if dev_in_pool else (probs.max(1), probs.argmax(1) == y_dev)
         models.by_method["crossfit"][(language, version)] = cross_fitted_calibrator(
             emoji, fit_score, folds=folds, extra=extra, seed=seed)
-        conf, yhat, truth = (np.concatenate(c) for c in zip(*seen, strict=True))
-        rows[version] = (conf, yhat == truth, yhat, truth)
+        conf, yhat, truth, groups = (np.concatenate(c) for c in zip(*seen, strict=True))
+        rows[version] = (conf, yhat == truth, yhat, truth, groups)
     return rows
 
 
@@ -199,7 +210,7 @@ def window_errors(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.nd
     calibrated probability (one simulated draw), still misses by the items' own chance."""
     truth = float(correct[idx].mean())
     out = {"cbpe": estimate_accuracy(cal, conf[idx]).accuracy - truth}
-    c_conf, c_hit, c_pred, c_true = cal_rows
+    c_conf, c_hit, c_pred, c_true, _ = cal_rows
     w = label_shift_weights(c_true, c_pred, predicted[idx], len(cldr.LABELS), ridge=ridge)
     shifted = fit_calibrator(c_conf, c_hit, weights=w[c_true] + 1e-9)
     out["rlls"] = estimate_accuracy(shifted, conf[idx]).accuracy - truth
@@ -207,6 +218,43 @@ def window_errors(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.nd
     simulated = rng.random(p.size) < p
     out["perfect"] = float(p[idx].mean() - simulated[idx].mean())
     return out
+
+
+def clustered_se(residuals: np.ndarray, groups: np.ndarray) -> float:
+    """Standard error of the mean of `residuals` when the rows of one group are not
+    independent (an emoji's name and keywords rows are right or wrong together): the
+    cluster-robust variance of a mean, sum over groups of (group's centred sum)^2 / n^2."""
+    r = np.asarray(residuals, dtype=np.float64)
+    _, inverse = np.unique(groups, return_inverse=True)
+    sums = np.bincount(inverse, weights=r - r.mean())
+    return float(np.sqrt((sums ** 2).sum()) / r.size)
+
+
+def within(sigma: float, tolerance: float = 0.03) -> float:
+    """P(|N(0, sigma)| <= tolerance): the share of windows within the tolerance when the
+    estimate's error is centred normal with that spread."""
+    return 2 * NormalDist().cdf(tolerance / sigma) - 1 if sigma > 0 else 1.0
+
+
+def error_budget(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.ndarray,
+                 correct: np.ndarray, pool_groups: np.ndarray, window: int
+                 ) -> dict[str, float]:
+    """Where a confidence-only estimate's error comes from, for one model:
+    - realisation (`sigma_window`): even with an exact confidence -> P(correct) map, a
+      window's realised accuracy scatters around its expectation; measured from the pool's
+      residuals (calibrated confidence minus correctness), clustered by emoji, scaled to
+      the window's size;
+    - calibration level (`sigma_map`): the map is fitted on finitely many calibration rows
+      (clustered by emoji too), so its level is itself an estimate with this standard error.
+    `floor` is the share of windows within 3 points an exact map would reach; `predicted`
+    adds the map's own error, for comparison with the observed share."""
+    residual = cal(conf) - correct
+    sigma_window = clustered_se(residual, pool_groups) * np.sqrt(residual.size / window)
+    c_conf, c_hit, *_, c_groups = cal_rows
+    sigma_map = clustered_se(cal(c_conf) - c_hit, c_groups)
+    return {"sigma_window": sigma_window, "sigma_map": sigma_map,
+            "floor": within(sigma_window),
+            "predicted": within(float(np.hypot(sigma_window, sigma_map)))}
 
 
 def share(errors: list[float], mask: np.ndarray | None = None) -> float:
@@ -281,6 +329,7 @@ def main() -> int:
     errors: dict[str, list[float]] = {"cbpe": [], "rlls": [], "perfect": [], "dev": []}
     shifted_flags: list[bool] = []
     rows, canary = [], []
+    budgets: list[dict[str, float]] = []
     langs = tuple(x for x in args.langs.split(",") if x)
     heldout = args.pool == "heldout"
     every = (pd.concat([cldr.load_split(s) for s in cldr.SPLITS]).reset_index(drop=True)
@@ -310,6 +359,12 @@ def main() -> int:
                 predicted = np.array([index[v] for v in labels])
                 correct = np.asarray(labels) == pool["label"].to_numpy()
                 mine: dict[str, list[float]] = {k: [] for k in errors}
+                budget = (error_budget(models.calibrator(TASK, language, version),
+                                       cal_rows[version], conf, correct,
+                                       pool["emoji"].to_numpy(), args.window)
+                          if heldout else None)
+                if budget is not None:
+                    budgets.append(budget)
                 for w in range(args.windows):
                     idx = draw(pool, args.window, rng, shifted=w % 2 == 1, distinct=heldout)
                     for k, v in window_errors(models.calibrator(TASK, language, version),
@@ -330,7 +385,11 @@ def main() -> int:
                              "within_3pt": share(mine["cbpe"]),
                              "rlls_within_3pt": share(mine["rlls"]),
                              "perfect_within_3pt": share(mine["perfect"]),
-                             "dev_only_within_3pt": share(mine["dev"]) if mine["dev"] else None})
+                             "dev_only_within_3pt": share(mine["dev"]) if mine["dev"] else None,
+                             "sigma_window": round(budget["sigma_window"], 4) if budget else None,
+                             "sigma_map": round(budget["sigma_map"], 4) if budget else None,
+                             "predicted_within_3pt": (round(budget["predicted"], 4)
+                                                      if budget else None)})
                 print("progress", json.dumps(rows[-1]), flush=True)  # partial runs keep figures
             # on English the "own" head is the champion's own training: not a better candidate
             if split == 0 and language != "en":
@@ -338,7 +397,8 @@ def main() -> int:
                                       args.window, rng)
     flags = np.asarray(shifted_flags)
     cols = ["split", "language", "model", "pool_rows", "pool_accuracy", "mean_error",
-            "within_3pt", "rlls_within_3pt", "perfect_within_3pt", "dev_only_within_3pt"]
+            "within_3pt", "rlls_within_3pt", "perfect_within_3pt", "dev_only_within_3pt",
+            "sigma_window", "sigma_map", "predicted_within_3pt"]
     design = (f"{args.splits} re-splits of the emoji ({args.train_share:.0%} train, "
               f"{args.dev_share:.0%} dev, the rest the pool), windows of {args.window} "
               f"distinct requests" if heldout else
@@ -356,6 +416,17 @@ def main() -> int:
         diff = "n/a" if c["difference"] is None else f"{c['difference']:+.3f}"
         print(f"{c['language']:>4} {c['candidate']:>7} expected {c['expected']:>4} -> "
               f"{c['verdict']:<12} by {c['evidence']:<9} diff {diff}")
+    if budgets:
+        # the windows of one model share its map's level error, so these are means over
+        # models of what each model's error spread predicts for its windows
+        floor = float(np.mean([b["floor"] for b in budgets]))
+        predicted = float(np.mean([b["predicted"] for b in budgets]))
+        print(f"\nerror budget (confidence-only estimates, errors clustered by emoji): an exact "
+              f"map would be within 3 points in {floor:.1%} of windows (median realisation "
+              f"sd {np.median([b['sigma_window'] for b in budgets]):.4f}); the maps' own "
+              f"level error (median sd {np.median([b['sigma_map'] for b in budgets]):.4f}, "
+              f"from their calibration rows) brings that to {predicted:.1%} predicted, "
+              f"against {share(errors['cbpe']):.1%} observed")
     right = [c["verdict"] == c["expected"] for c in canary]
     # CBPE assumes P(correct | confidence) holds on the traffic: a label-mix shift breaks
     # that, so the two kinds of window are reported apart
@@ -368,6 +439,13 @@ def main() -> int:
             figures[f"{k}_within_3pt_uniform"] = share(errors[k], ~flags)
             figures[f"{k}_within_3pt_label_shift"] = share(errors[k], flags)
             figures[f"{k}_median_abs_error"] = round(float(np.median(np.abs(errors[k]))), 4)
+    if budgets:
+        figures.update({
+            "exact_map_within_3pt": round(float(np.mean([b["floor"] for b in budgets])), 4),
+            "predicted_within_3pt": round(float(np.mean([b["predicted"] for b in budgets])), 4),
+            "median_sigma_window": round(float(np.median([b["sigma_window"]
+                                                          for b in budgets])), 4),
+            "median_sigma_map": round(float(np.median([b["sigma_map"] for b in budgets])), 4)})
     figures.update({
         "canary_runs": len(canary),
         "canary_correct_share": round(float(np.mean(right)), 4) if right else None,
