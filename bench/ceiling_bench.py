@@ -14,7 +14,9 @@ Per language, on the shipped split (`train` to fit, `dev` to fit stacking weight
 - `frozen_head`: a linear head on the frozen base's embeddings, fitted on English and the
   language's own training labels;
 - `lexical`: TF-IDF of character 2-5-grams and word 1-2-grams with multinomial logistic
-  regression (C=10, not tuned on test) on the language's own training labels: no encoder;
+  regression (C=10, fixed before any test figure was read) on the language's own training
+  labels: no encoder (the shipped lexical half, controller.training.lexical, is the same
+  model with C chosen on dev);
 - `frozen+lexical`: the two stacked: logits a * frozen + b * lexical, a and b fitted on
   the dev split by log-loss;
 - with `--student` (default on): `student`, the shipped recipe (distill.for_base: the

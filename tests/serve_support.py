@@ -10,6 +10,10 @@ import torch
 
 LABELS = ["smileys", "people", "animals", "food", "travel", "activities", "objects", "flags"]
 TASK = "emoji-group"
+# labelled texts for a lexical half (label indices into LABELS)
+LEXICAL_TEXTS = [("paka mweusi", 2), ("mbwa mdogo", 2), ("ndizi tamu", 3), ("chai ya moto", 3),
+                 ("gari la moshi", 4), ("ndege angani", 4), ("mpira wa miguu", 5),
+                 ("uso wa tabasamu", 0)]
 
 
 def randomize_lora(model: torch.nn.Module, seed: int, scale: float) -> None:
@@ -24,10 +28,12 @@ def randomize_lora(model: torch.nn.Module, seed: int, scale: float) -> None:
 
 def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: int = 4,
                    targets: tuple[str, ...] = ("query", "value"),
-                   labels: list[str] | None = None, layers: list[int] | None = None) -> Path:
+                   labels: list[str] | None = None, layers: list[int] | None = None,
+                   lexical: bool = False) -> Path:
     """A peft LoRA on the tiny base with random A and B (B is zero after peft's init, which
     would make every adapter equal to the base) and a random head, saved as xlt saves one;
-    `layers`: only those blocks get LoRA (as a deep base's recipe leaves the bottom ones)."""
+    `layers`: only those blocks get LoRA (as a deep base's recipe leaves the bottom ones);
+    `lexical`: the head carries a lexical half fitted on LEXICAL_TEXTS."""
     from peft import LoraConfig, get_peft_model
 
     from controller.encoder import TextEncoder
@@ -44,16 +50,22 @@ def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: i
     head = LinearHead(encoder.hidden_size, len(labels))
     with torch.no_grad():
         head.linear.weight.copy_(torch.randn_like(head.linear.weight) * 3)
+    if lexical:
+        from controller.training.lexical import fit_lexical
+
+        head = head.with_lexical(fit_lexical([t for t, _ in LEXICAL_TEXTS],
+                                             [y for _, y in LEXICAL_TEXTS], len(labels)))
     save_adapter(path, student, head, labels, fingerprint,
                  extra={"task": TASK, "seed": seed})
     return path
 
 
 def register_lora(registry: Any, base_dir: Path, tmp: Path, language: str, seed: int,
-                  base: str = "tiny@1", layers: list[int] | None = None, **kw: Any) -> Any:
+                  base: str = "tiny@1", layers: list[int] | None = None,
+                  lexical: bool = False, **kw: Any) -> Any:
     fingerprint = registry.query(_fingerprint, base)
     path = make_lora_file(tmp / f"lora-{language}-{seed}.safetensors", base_dir, fingerprint,
-                          seed, layers=layers)
+                          seed, layers=layers, lexical=lexical)
     return registry.register_adapter(task=TASK, language=language, base=base, weights=path,
                                      teacher_language="en",
                                      metrics={"accuracy": 0.5, "macro_f1": 0.4}, **kw)

@@ -88,7 +88,8 @@ class _PerAdapterBackend(ABC):
         probs = np.zeros((len(texts), width), dtype=np.float32)
         for key, rows in groups.items():
             emb = self._embed(base_ref, key, [texts[i] for i in rows])
-            p = torch.softmax(self.heads[key][0](emb), dim=-1).float().cpu().numpy()
+            logits = self.heads[key][0].logits(emb, [texts[i] for i in rows])
+            p = torch.softmax(logits, dim=-1).float().cpu().numpy()
             probs[rows, : p.shape[1]] = p
         names = [self.heads[k][1] for k in keys]
         labels = [names[i][int(probs[i].argmax())] for i in range(len(texts))]
@@ -131,8 +132,7 @@ class PeftBackend(_PerAdapterBackend):
     def load(self, key: Key, base_ref: str, path: Path) -> None:
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-        from controller.training.artifact import check_base, read_adapter
-        from controller.training.head import LinearHead
+        from controller.training.artifact import check_base, head_from_tensors, read_adapter
 
         if key in self.heads:
             return
@@ -150,7 +150,7 @@ class PeftBackend(_PerAdapterBackend):
         else:
             self.models[base_ref].add_adapter(name, config)
         set_peft_model_state_dict(self.models[base_ref], lora, adapter_name=name)
-        self.heads[key] = (LinearHead.from_tensors(head), tuple(cfg["labels"]))
+        self.heads[key] = (head_from_tensors(head, path.name), tuple(cfg["labels"]))
 
     def _embed(self, base_ref: str, key: Key, texts: list[str]) -> torch.Tensor:
         encoder, model = self.encoder(base_ref), self.models[base_ref]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from controller.encoder import TextEncoder, mean_pool
-from controller.training.artifact import read_adapter
+from controller.training.artifact import head_from_tensors, read_adapter
 from controller.training.head import LinearHead
 from registry.errors import ArtifactError, IncompatibleAdapter
 from registry.fingerprint import loaded_model_fingerprint
@@ -169,7 +169,7 @@ class MultiAdapterBase:
             for module_path, (a, b) in pairs.items():
                 self._layer(module_path).put(slot, a.to(self.device), (b * scale).to(self.device))
                 nbytes += (a.numel() + b.numel()) * a.element_size()
-            head = LinearHead.from_tensors(head_tensors).to(self.device)
+            head = head_from_tensors(head_tensors, Path(path).name).to(self.device)
             labels = tuple(cfg.get("labels") or [str(i) for i in range(head.shape[1])])
             entry = AdapterSlot(key, slot, labels, head, nbytes)
             self.adapters[key] = entry
@@ -220,7 +220,8 @@ class MultiAdapterBase:
         for rows in by_slot.values():  # heads are tiny: one matmul per adapter present
             e = entries[rows[0]]
             idx = torch.as_tensor(rows, device=self.device)
-            p = torch.softmax(e.head(emb[idx]), dim=-1).float().cpu().numpy()
+            logits = e.head.logits(emb[idx], [texts[i] for i in rows])
+            p = torch.softmax(logits, dim=-1).float().cpu().numpy()
             probs[rows, : p.shape[1]] = p
         labels = [entries[i].labels[int(probs[i].argmax())] for i in range(n)]
         base_emb = emb[n:].float().cpu().numpy() if with_base else None

@@ -1,6 +1,7 @@
 """An adapter on disk: ONE safetensors file (never pickle) holding the LoRA tensors (keys
 prefixed `lora.`, peft state-dict names after the prefix) and the task head (`head.weight`,
-`head.bias`), with JSON in the safetensors metadata under `xlt`:
+`head.bias`, and a lexical half's `head.lexical.{ids,idf,weight,bias}` where the config
+records `lexical: {format, ngrams}`), with JSON in the safetensors metadata under `xlt`:
 `{"format", "base_fingerprint", "config": {kind, r, alpha, dropout, target_modules,
 head_shape, num_labels, labels, peft_version, transformers_version}, ...extra}` (the
 registry reads `base_fingerprint` and `config` from there at register time).
@@ -29,7 +30,7 @@ from safetensors.torch import save_file
 
 from registry.errors import ArtifactError, IncompatibleAdapter
 from registry.fingerprint import loaded_model_fingerprint
-from registry.weights import check_adapter_shapes, read_header, xlt_metadata
+from registry.weights import LEXICAL_FORMAT, check_adapter_shapes, read_header, xlt_metadata
 
 LORA_PREFIX = "lora."
 HEAD_PREFIX = "head."
@@ -63,6 +64,9 @@ def adapter_metadata(student: PeftModel, head: Any, labels: list[str], base_fing
         "head_shape": list(head.shape),
         "num_labels": len(labels),
         "labels": list(labels),
+        # the lexical half of a wide-and-deep head (controller.training.lexical), if any
+        **({"lexical": {"format": LEXICAL_FORMAT, "ngrams": int(head.lexical.ids.size)}}
+           if getattr(head, "lexical", None) is not None else {}),
         "peft_version": peft.__version__,
         "transformers_version": transformers.__version__,
     }
@@ -111,6 +115,18 @@ def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     return meta, lora, head
 
 
+def head_from_tensors(tensors: dict[str, torch.Tensor], name: str) -> Any:
+    """The task head (LinearHead, with its lexical half if stored) from an adapter's head
+    tensors; a head that cannot be built is the file's fault (ArtifactError)."""
+    from controller.training.head import LinearHead
+
+    try:
+        return LinearHead.from_tensors(tensors)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"adapter {name} has no usable head ({exc})",
+                            "the file is corrupt") from exc
+
+
 def check_base(meta: dict[str, Any], base_model: Any, tokenizer: Any) -> str:
     """Refuse a base whose fingerprint differs from the adapter's; returns the fingerprint."""
     actual = loaded_model_fingerprint(base_model, tokenizer)
@@ -127,8 +143,6 @@ def load_adapter(path: str | Path, base_model: Any, tokenizer: Any,
                  copy_base: bool = True) -> LoadedAdapter:
     """Rebuild student (base + LoRA) and head from one file, after the fingerprint check.
     With copy_base=False the LoRA layers are injected into `base_model` itself."""
-    from controller.training.head import LinearHead
-
     meta, lora, head_tensors = read_adapter(path)
     cfg = meta.get("config", {})
     if cfg.get("kind") != "lora":
@@ -157,11 +171,7 @@ def load_adapter(path: str | Path, base_model: Any, tokenizer: Any,
         raise ArtifactError(f"adapter tensors do not match its config (unexpected "
                             f"{unexpected[:3]}, missing {missing[:3]})",
                             "the file is corrupt or was written by another tool")
-    try:
-        head = LinearHead.from_tensors(head_tensors)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"adapter {Path(path).name} has no usable head ({exc})",
-                            "the file is corrupt") from exc
+    head = head_from_tensors(head_tensors, Path(path).name)
     if list(head.shape) != list(cfg["head_shape"]):
         raise ArtifactError(f"head tensors have shape {list(head.shape)}, the metadata says "
                             f"{cfg['head_shape']}", "the file is corrupt")

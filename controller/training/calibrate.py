@@ -9,6 +9,11 @@ logits; it never changes a prediction (argmax), only its confidence. Folding it 
 gates, drift) gets calibrated probabilities without knowing T. The value is recorded in
 the adapter's metadata (`temperature`) so that warm-starting from the adapter can undo it
 and distil against the head's original logits.
+
+With a lexical half (controller.training.lexical), the same dev rows fit two weights
+instead of one temperature: served logits a * linear + b * lexical, (a, b) minimising the
+dev split's negative log-likelihood (stacking; it calibrates and weighs the halves at
+once). Both are folded in, and T = 1 / a is recorded as the linear half's temperature.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import torch
 from controller.encoder import TextEncoder
 from controller.training.evaluate import embed_texts
 from controller.training.head import LinearHead
+from controller.training.lexical import LexicalHead, fit_lexical
 from controller.training.state_cache import BaseStateCache
 
 # log-spaced grid: wide enough for heads that are 20x too sharp or too flat
 GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+# the stacking weights' grid (two dimensions: coarser)
+STACK_GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
 
 
 def fit_temperature(logits: torch.Tensor, labels: Sequence[int]) -> float:
@@ -41,10 +49,11 @@ def fit_temperature(logits: torch.Tensor, labels: Sequence[int]) -> float:
 
 
 def scaled_head(head: LinearHead, temperature: float) -> LinearHead:
-    """A copy of `head` whose logits are the original ones divided by `temperature`."""
+    """A copy of `head`'s linear half whose logits are the original ones divided by
+    `temperature` (without a lexical half: what distillation reads)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    tensors = head.tensors()
+    tensors = head.linear_tensors()
     return LinearHead.from_tensors({"weight": tensors["weight"] / temperature,
                                     "bias": tensors["bias"] / temperature})
 
@@ -59,12 +68,62 @@ def calibrate_head(head: LinearHead, embeddings: torch.Tensor, labels: Sequence[
     return scaled_head(head, temperature), temperature
 
 
+def fit_stack(linear: torch.Tensor, lexical: np.ndarray, labels: Sequence[int]
+              ) -> tuple[float, float]:
+    """(a, b) on STACK_GRID minimising the mean NLL of softmax(a * linear + b * lexical);
+    (1, 1) without data."""
+    if len(labels) == 0:
+        return 1.0, 1.0
+    z = linear.detach().float().cpu()
+    w = torch.as_tensor(np.asarray(lexical), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    grid = torch.as_tensor(STACK_GRID, dtype=torch.float32)
+    best = (float("inf"), 1.0, 1.0)
+    with torch.no_grad():
+        for a in STACK_GRID:
+            logits = float(a) * z[None] + grid[:, None, None] * w[None]  # (b, rows, labels)
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, z.shape[1]), y.repeat(len(STACK_GRID)),
+                reduction="none").reshape(len(STACK_GRID), -1).mean(1)
+            i = int(torch.argmin(nll))
+            if float(nll[i]) < best[0]:
+                best = (float(nll[i]), float(a), float(STACK_GRID[i]))
+    return best[1], best[2]
+
+
 def calibrate_on_split(encoder: TextEncoder, student: torch.nn.Module, head: LinearHead,
                        df: pd.DataFrame, language: str, labels: Sequence[str],
-                       cache: BaseStateCache | None = None) -> tuple[LinearHead, float]:
-    """Fit T on `df`'s rows in `language` (the dev split: never the test split the gates
-    read), through the student as serving runs it; (calibrated head, T)."""
+                       cache: BaseStateCache | None = None,
+                       lexical: LexicalHead | None = None) -> tuple[LinearHead, float]:
+    """Fit T (or, with `lexical`, the stacking weights) on `df`'s rows in `language` (the
+    dev split: never the test split the gates read), through the student as serving runs
+    it; (calibrated head, T of its linear half)."""
     rows = df[df["language"] == language]
     index = {name: i for i, name in enumerate(labels)}
-    emb = embed_texts(encoder, student, rows["text"].tolist(), cache)
-    return calibrate_head(head, emb, [index[x] for x in rows["label"]])
+    texts = rows["text"].tolist()
+    emb = embed_texts(encoder, student, texts, cache)
+    y = [index[x] for x in rows["label"]]
+    if lexical is None:
+        return calibrate_head(head, emb, y)
+    device = head.linear.weight.device
+    with torch.no_grad():
+        linear = head(emb.to(device))
+    a, b = fit_stack(linear, lexical.logits(texts), y)
+    return scaled_head(head, 1.0 / a).with_lexical(lexical.scaled(b)), 1.0 / a
+
+
+def shipped_head(encoder: TextEncoder, student: torch.nn.Module, head: LinearHead,
+                 target_texts: Sequence[str], target_labels: Sequence[int] | None,
+                 dev: pd.DataFrame | None, language: str, labels: Sequence[str],
+                 calibrate: bool, lexical: bool, cache: BaseStateCache | None = None
+                 ) -> tuple[LinearHead, float | None]:
+    """The head an adapter ships, from the head the student was distilled against:
+    with `lexical` (and target labels and a dev split), a lexical half fitted on the
+    training texts and stacked with the linear half on dev; with `calibrate`, a
+    temperature fitted on dev; otherwise unchanged. Returns (head, T or None)."""
+    if dev is None or not calibrate:
+        return head, None
+    half = None
+    if lexical and target_labels is not None and len(set(target_labels)) > 1:
+        half = fit_lexical(list(target_texts), list(target_labels), len(labels))
+    return calibrate_on_split(encoder, student, head, dev, language, labels, cache, half)

@@ -83,6 +83,9 @@ class DistillConfig:
     # after training, fit a temperature on the language's dev split and fold it into the
     # shipped head (controller.training.calibrate); the caller does it, distill() does not
     calibrate: bool = False
+    # with calibrate and target labels: ship a lexical half beside the linear head
+    # (controller.training.lexical), fitted on the training texts, stacked on dev
+    lexical: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -105,9 +108,11 @@ class DistillConfig:
 DEEP_TOP_BLOCKS = 6  # blocks a deep base adapts (LoRA); everything below is cached
 # the deep-base recipe (measured on sw, yo, am; README "Known limits"): distillation
 # plus the target language's own labels, the English self pairs labelled too, three
-# epochs, calibrated on dev
+# epochs, a lexical half beside the head (bench/ceiling_bench.py: +3 to +6 points on sw,
+# yo and am), calibrated on dev
 DEEP_RECIPE: dict[str, Any] = {"max_length": 32, "epochs": 3, "lr": 5e-3, "ce_weight": 1.0,
-                               "source_share": 0.5, "source_labels": True, "calibrate": True}
+                               "source_share": 0.5, "source_labels": True, "calibrate": True,
+                               "lexical": True}
 
 
 def for_base(model_config: Any, top_blocks: int | None = None, **overrides: Any

@@ -5,6 +5,9 @@ Metrics (all plain JSON values):
   (15 equal-width confidence bins, confidence = top softmax probability);
 * transfer gap: source-language accuracy of the teacher minus L accuracy of the student;
 * forgetting: source accuracy of the teacher minus source accuracy through the student;
+  both read the head's linear half alone: forgetting is the encoder's. A lexical half
+  (controller.training.lexical) is fitted on language L's n-grams and serves L's requests
+  only, so English text through it is reported apart (`english_accuracy_served`);
 * a per-class report, and per-item correctness (`correct`, and `items` with ids and
   confidences) for the gates' paired bootstrap; items are in the split file's order (sorted
   by id), the same for every version of a track, so vectors pair up.
@@ -83,10 +86,14 @@ def embed_texts(encoder: TextEncoder, model: torch.nn.Module | None, texts: Sequ
 
 
 def predict_probs(encoder: TextEncoder, model: torch.nn.Module | None, head: LinearHead,
-                  texts: Sequence[str], cache: FrozenBaseOutputs | None = None) -> np.ndarray:
+                  texts: Sequence[str], cache: FrozenBaseOutputs | None = None,
+                  lexical: bool = True) -> np.ndarray:
+    """Class probabilities as served (`lexical=False`: the head's linear half alone)."""
     emb = embed_texts(encoder, model, texts, cache)
     with torch.inference_mode():
-        return torch.softmax(head.to(emb.device)(emb), dim=-1).numpy()
+        head = head.to(emb.device)
+        logits = head.logits(emb, texts) if lexical else head(emb)
+        return torch.softmax(logits, dim=-1).numpy()
 
 
 def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
@@ -111,11 +118,15 @@ def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: 
     report = per_class_report(y, pred, labels)
 
     y_src = np.array([index[lab] for lab in source["label"]], dtype=int)
-    src_teacher = _accuracy(predict_probs(encoder, None, head, source["text"].tolist(), cache),
-                            y_src)
+    src_texts = source["text"].tolist()
+    src_teacher = _accuracy(predict_probs(encoder, None, head, src_texts, cache, False), y_src)
     src_student = (src_teacher if student is None else
-                   _accuracy(predict_probs(encoder, student, head, source["text"].tolist(), cache),
+                   _accuracy(predict_probs(encoder, student, head, src_texts, cache, False),
                              y_src))
+    served = {}
+    if head.lexical is not None and source_language == "en":
+        served["english_accuracy_served"] = _accuracy(
+            predict_probs(encoder, student, head, src_texts, cache), y_src)
     accuracy = float(correct.mean()) if len(y) else 0.0
     return {
         "language": language,
@@ -131,6 +142,7 @@ def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: 
         # the names the gates read (controller.gates): English accuracy through the
         # student, and the per-item vector in the split's fixed item order (by id)
         "english_accuracy": src_student if source_language == "en" else None,
+        **served,
         "correct": correct.tolist(),
         "per_class": report,
         "items": {"ids": target["id"].tolist(), "correct": correct.tolist(),

@@ -25,7 +25,7 @@ import pandas as pd
 from controller.data import cldr
 from controller.encoder import TextEncoder
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
-from controller.training.calibrate import calibrate_on_split, scaled_head
+from controller.training.calibrate import scaled_head, shipped_head
 from controller.training.crossfit import calibrator_record, confidences, cross_fitted
 from controller.training.distill import DistillConfig, ParallelData, distill, for_base
 from controller.training.evaluate import evaluate_split
@@ -232,25 +232,26 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     t0 = time.perf_counter()
     result = distill(encoder, head, pairs, cfg, replay=replay, init_lora=init_lora,
                      progress=progress, cache=cache)
-    temperature = None
-    # read only when used: the temperature fit and the folds' own temperature fits
+    # read only when used: the temperature (or stacking) fit and the folds' own fits
     dev = (cldr.load_split("dev", [language]) if cfg.calibrate or calibration_folds
            else None)
-    if cfg.calibrate and dev is not None:  # T from dev, folded into the shipped head
-        head, temperature = calibrate_on_split(encoder, result.model, head, dev, language,
-                                               labels, cache=cache)
+    # T from dev folded into the shipped head, and its lexical half where the recipe has one
+    head, temperature = shipped_head(encoder, result.model, head, pairs.target_texts,
+                                     pairs.target_labels, dev, language, labels,
+                                     cfg.calibrate, cfg.lexical, cache)
     wall = time.perf_counter() - t0
     calibrator = None
     if calibration_folds and dev is not None:
         def recipe(kept: pd.DataFrame) -> tuple[Any, LinearHead]:
             # the fresh recipe on the kept items: teacher head, pairs, student, temperature
             fold_head = train_teacher_head(encoder, kept, teacher_lang, labels, seed, cache)
-            fold = distill(encoder, fold_head, _training_pairs(
-                kept, teacher_lang, langs, limit_pairs, pair_labels, shuffle_pairs, seed),
-                cfg, progress=False, cache=cache)
-            if cfg.calibrate:
-                fold_head, _ = calibrate_on_split(encoder, fold.model, fold_head, dev,
-                                                  language, labels, cache=cache)
+            fold_pairs = _training_pairs(kept, teacher_lang, langs, limit_pairs, pair_labels,
+                                         shuffle_pairs, seed)
+            fold = distill(encoder, fold_head, fold_pairs, cfg, progress=False, cache=cache)
+            fold_head, _ = shipped_head(encoder, fold.model, fold_head,
+                                        fold_pairs.target_texts, fold_pairs.target_labels,
+                                        dev, language, labels, cfg.calibrate, cfg.lexical,
+                                        cache)
             return fold.model, fold_head
 
         t_cal = time.perf_counter()
@@ -263,11 +264,14 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     evaluation = evaluate_split(encoder, result.model, head, test, language, labels,
                                 source_language=teacher_lang, cache=cache)
     metrics = {k: evaluation[k] for k in SUMMARY_KEYS}
+    if "english_accuracy_served" in evaluation:
+        metrics["english_accuracy_served"] = evaluation["english_accuracy_served"]
     metrics["split"] = "test"
     if calibrator is not None:
         metrics["calibrator"] = calibrator
     hyper = {**cfg.to_dict(), "data_languages": langs, "shuffle_pairs": shuffle_pairs,
              "target_labels": pairs.target_labels is not None, "temperature": temperature,
+             "lexical_ngrams": int(head.lexical.ids.size) if head.lexical is not None else 0,
              "device": str(encoder.device),
              "pairs": len(pairs), "train_seconds": round(wall, 2),
              "calibration_folds": calibration_folds,
