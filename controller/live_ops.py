@@ -143,6 +143,7 @@ class LiveOperations:
             target_label_weight=float(params.get("target_label_weight", 1.0)),
             top_blocks=params.get("top_blocks"),
             calibration_folds=int(params.get("calibration_folds") or 0),
+            lexical=params.get("lexical"),
             inputs_fingerprint=params.get("inputs_fingerprint"),
             **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
         log_training_result(self.reg, task, language, result, params)

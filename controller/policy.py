@@ -99,6 +99,9 @@ class TrainingPolicy(Strict):
     # items, for a cross-fitted confidence map that label-free canaries and guards read
     # (controller.training.crossfit); 0: the map is fitted on the dev split alone
     calibration_folds: int = Field(0, ge=0)
+    # the lexical half beside a deep-base adapter's head (controller.training.lexical):
+    # None keeps the base's recipe (on for deep bases), false ships the linear head alone
+    lexical: bool | None = None
     teacher: str | None = None  # None: English, or the nearest registered language by URIEL
     max_attempts: int = Field(2, ge=1)
     # a training running longer than this is given up as lost (a hung worker whose process

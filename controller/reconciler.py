@@ -238,6 +238,7 @@ def training_params(policy: Policy, t: TrackState, report_id: int | None,
             "device": policy.training.device, "continue_from": t.champion,
             "top_blocks": policy.training.top_blocks,
             "calibration_folds": policy.training.calibration_folds,
+            "lexical": policy.training.lexical,
             "drift_report_id": report_id, **(extra or {})}
 
 

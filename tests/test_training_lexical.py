@@ -200,3 +200,58 @@ def test_a_trained_adapter_ships_its_lexical_half_and_continues(tiny_registry: A
                          continue_from=out["version"], config=cfg, limit_pairs=32)
     row2 = tiny_registry.query(queries.show_adapter, TASK, "sw", cont["version"])
     assert 0 < row2["hyperparams"]["lexical_ngrams"] < ngrams  # fitted on its 32 pairs
+
+
+def test_lexical_is_refused_where_the_recipe_cannot_fit_it(tiny_registry: Any) -> None:
+    from controller.training.pipeline import train_adapter
+    from registry.errors import InvalidInput
+
+    # the tiny base is shallow: its recipe (MiniLM's) reads no target labels, no dev split
+    with pytest.raises(InvalidInput, match="a lexical half needs a recipe"):
+        train_adapter(tiny_registry, TASK, "sw", base="tiny@1", epochs=1, device="cpu",
+                      limit_pairs=16, lexical=True)
+    from registry import queries
+
+    assert tiny_registry.query(queries.list_adapters, TASK, "sw", None) == []
+    assert tiny_registry.query(queries.list_datasets, "cldr-emoji", "sw") == []
+
+
+def test_no_lexical_ships_the_linear_head_alone(tiny_registry: Any) -> None:
+    from controller.training.distill import DistillConfig
+    from controller.training.pipeline import train_adapter
+    from registry import queries
+
+    cfg = DistillConfig(r=4, alpha=8, batch_size=16, max_length=24, warmup_steps=2,
+                        ce_weight=1.0, calibrate=True, lexical=True)
+    out = train_adapter(tiny_registry, TASK, "sw", base="tiny@1", epochs=1, device="cpu",
+                        config=cfg, limit_pairs=32, lexical=False)
+    row = tiny_registry.query(queries.show_adapter, TASK, "sw", out["version"])
+    assert "lexical" not in row["config"] and row["hyperparams"]["lexical_ngrams"] == 0
+    assert row["hyperparams"]["temperature"] > 0
+
+
+def test_the_policy_switch_reaches_the_training_job() -> None:
+    from controller.phase_status import PhaseStatus
+    from controller.policy import parse_policy
+    from controller.reconciler import TrackState, training_params
+    from registry.errors import InvalidInput
+
+    t = TrackState("e", "sw", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")
+    assert training_params(parse_policy(""), t, None)["lexical"] is None
+    off = parse_policy("[training]\nlexical = false\n")
+    assert training_params(off, t, None)["lexical"] is False
+    with pytest.raises(InvalidInput, match="training.lexical"):
+        parse_policy('[training]\nlexical = "sometimes"\n')
+
+
+def test_cli_refuses_lexical_on_a_shallow_base(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tests.test_cli_ml import xlt
+
+    home = tmp_path / "home"
+    assert xlt(home, "init").returncode == 0
+    assert xlt(home, "encoder", "register", "tiny@1", str(tiny_model_dir)).returncode == 0
+    p = xlt(home, "train", "--task", TASK, "--lang", "sw", "--base", "tiny@1", "--epochs", "1",
+            "--device", "cpu", "--lexical")
+    assert p.returncode == 2, p.stderr
+    assert "a lexical half needs a recipe" in p.stderr and "Traceback" not in p.stderr
+    assert json.loads(xlt(home, "status", "--json").stdout) == []

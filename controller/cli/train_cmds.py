@@ -24,6 +24,9 @@ from controller.cli.output import emit_json, emit_record, emit_table
               default=0, show_default=True,
               help="Also train the recipe K times without a fold of the items and store the "
                    "cross-fitted confidence map label-free canaries read (K >= 2; 0: dev only).")
+@click.option("--lexical/--no-lexical", default=None,
+              help="Ship a lexical half (the text's n-grams) beside the head; default: the "
+                   "base's recipe (deep bases: on; MiniLM's recipe cannot).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -35,8 +38,9 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @json_option
 @pass_app
 def train(app: AppContext, task: str, language: str, teacher: str | None, epochs: int | None,
-          top_blocks: int | None, calibration_folds: int, device: str, seed: int, base: str | None,
-          continue_from: int | None, with_variants: bool, as_json: bool) -> None:
+          top_blocks: int | None, calibration_folds: int, lexical: bool | None, device: str,
+          seed: int, base: str | None, continue_from: int | None, with_variants: bool,
+          as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
     from controller.live_ops import dataset_variants, log_training_result
     from controller.training.pipeline import train_adapter
@@ -45,7 +49,7 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
     result = train_adapter(app.registry(), task, language, teacher=teacher, epochs=epochs,
                            device=device, seed=seed, continue_from=continue_from, base=base,
                            data_languages=langs, progress=not as_json, top_blocks=top_blocks,
-                           calibration_folds=calibration_folds)
+                           calibration_folds=calibration_folds, lexical=lexical)
     log_training_result(app.registry(), task, language, result,
                         {"epochs": epochs or 0, "device": device, "seed": seed,
                          "teacher": result["teacher"], "data_languages": "+".join(langs)})

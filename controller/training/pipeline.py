@@ -156,7 +156,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   progress: bool = False, shuffle_pairs: bool = False,
                   target_labels: bool = False, target_label_weight: float = 1.0,
                   top_blocks: int | None = None, calibration_folds: int = 0,
-                  **_ignored: Any) -> dict[str, Any]:
+                  lexical: bool | None = None, **_ignored: Any) -> dict[str, Any]:
     """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
 
     `data_languages`: whose text to train on (default: the track's language; a retrain
@@ -171,6 +171,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     `calibration_folds` (0, or >= 2): also train the recipe that many times without a
     fold of the items, and store the cross-fitted confidence -> P(correct) map that
     label-free judgement reads (controller.training.crossfit); costs that many trainings.
+    `lexical`: ship a lexical half beside the head (controller.training.lexical); None
+    keeps the recipe's choice (deep bases: yes), True needs a recipe that reads target
+    labels and calibrates on dev (a deep base's), else it is refused before anything runs.
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     if calibration_folds == 1 or calibration_folds < 0:
@@ -182,7 +185,12 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     encoder_row, encoder = load_base(registry, base_ref, device)
     # per-base defaults (deep bases: frozen prefix, short sequences), see distill.for_base
     cfg = config or for_base(encoder.model.config, top_blocks=top_blocks)
-    cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}))
+    cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}),
+                  **({"lexical": lexical} if lexical is not None else {}))
+    if cfg.lexical and not (cfg.calibrate and (cfg.ce_weight > 0 or target_labels)):
+        raise InvalidInput(f"a lexical half needs a recipe that trains on {language}'s labels "
+                           f"and calibrates on its dev split; {base_ref}'s recipe does not",
+                           "train without --lexical, or on a deep base (e.g. me5-small@1)")
 
     registered = [r["language"] for r in registry.status(task)]
     choice = (None if teacher else
