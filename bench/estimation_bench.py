@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -68,10 +67,12 @@ from controller.encoder import TextEncoder
 from controller.encoders.builtin import builtin_dir_for_ref
 from controller.estimation import (
     Calibrator,
+    clustered_se,
     cross_fitted_calibrator,
     estimate_accuracy,
     fit_calibrator,
     label_shift_weights,
+    share_within,
 )
 from controller.label_free import gather
 from controller.policy import CanaryPolicy
@@ -220,22 +221,6 @@ def window_errors(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.nd
     return out
 
 
-def clustered_se(residuals: np.ndarray, groups: np.ndarray) -> float:
-    """Standard error of the mean of `residuals` when the rows of one group are not
-    independent (an emoji's name and keywords rows are right or wrong together): the
-    cluster-robust variance of a mean, sum over groups of (group's centred sum)^2 / n^2."""
-    r = np.asarray(residuals, dtype=np.float64)
-    _, inverse = np.unique(groups, return_inverse=True)
-    sums = np.bincount(inverse, weights=r - r.mean())
-    return float(np.sqrt((sums ** 2).sum()) / r.size)
-
-
-def within(sigma: float, tolerance: float = 0.03) -> float:
-    """P(|N(0, sigma)| <= tolerance): the share of windows within the tolerance when the
-    estimate's error is centred normal with that spread."""
-    return 2 * NormalDist().cdf(tolerance / sigma) - 1 if sigma > 0 else 1.0
-
-
 def error_budget(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.ndarray,
                  correct: np.ndarray, pool_groups: np.ndarray, window: int
                  ) -> dict[str, float]:
@@ -253,8 +238,8 @@ def error_budget(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.nda
     c_conf, c_hit, *_, c_groups = cal_rows
     sigma_map = clustered_se(cal(c_conf) - c_hit, c_groups)
     return {"sigma_window": sigma_window, "sigma_map": sigma_map,
-            "floor": within(sigma_window),
-            "predicted": within(float(np.hypot(sigma_window, sigma_map)))}
+            "floor": share_within(sigma_window),
+            "predicted": share_within(float(np.hypot(sigma_window, sigma_map)))}
 
 
 def share(errors: list[float], mask: np.ndarray | None = None) -> float:

@@ -203,6 +203,28 @@ def paired_estimate(canary_labels: Sequence[str], canary_conf: Sequence[float],
                   float(pc.mean()) if n else float("nan"), float(ph.mean()) if n else float("nan"))
 
 
+def clustered_se(values: Sequence[float] | np.ndarray, groups: Sequence[Any] | np.ndarray
+                 ) -> float:
+    """Standard error of the mean of `values` when the rows of one group are not
+    independent (an emoji's name and keywords rows are right or wrong together): the
+    cluster-robust variance of a mean, the sum over groups of (the group's centred sum)^2,
+    over n^2."""
+    r = np.asarray(values, dtype=np.float64)
+    if r.size == 0 or len(groups) != r.size:
+        raise ValueError("clustered_se needs one group per value, and values")
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.bincount(inverse, weights=r - r.mean())
+    return float(np.sqrt((sums ** 2).sum()) / r.size)
+
+
+def share_within(sigma: float, tolerance: float = 0.03) -> float:
+    """P(|N(0, sigma)| <= tolerance): the share of windows within the tolerance when an
+    estimate's error is centred normal with that spread."""
+    from statistics import NormalDist
+
+    return 2 * NormalDist().cdf(tolerance / sigma) - 1 if sigma > 0 else 1.0
+
+
 def normal_quantile(q: float) -> float:
     from statistics import NormalDist
 

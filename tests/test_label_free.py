@@ -14,7 +14,13 @@ import torch
 from controller.canary_analysis import analyse
 from controller.data import cldr
 from controller.encoder import TextEncoder
-from controller.estimation import estimate_accuracy, fit_calibrator, wilson_upper
+from controller.estimation import (
+    clustered_se,
+    estimate_accuracy,
+    fit_calibrator,
+    share_within,
+    wilson_upper,
+)
 from controller.gates import guard_verdict
 from controller.label_free import gather
 from controller.policy import CanaryPolicy, parse_policy
@@ -239,3 +245,21 @@ def test_weighted_calibrator_counts_rows_by_weight() -> None:
     assert np.allclose(doubled([0.8]), fit_calibrator(np.r_[conf, 0.8], np.r_[hit, True])([0.8]))
     with pytest.raises(ValueError, match="non-negative"):
         fit_calibrator(conf, hit, weights=[1, 1, -1, 1, 1])
+
+
+def test_clustered_standard_error_counts_groups_not_rows() -> None:
+    rng = np.random.default_rng(0)
+    r = rng.normal(0, 1, 2000)
+    plain = float(np.sqrt(((r - r.mean()) ** 2).sum()) / r.size)
+    assert clustered_se(r, np.arange(r.size)) == pytest.approx(plain)
+    # every value twice (an emoji's two rows, right or wrong together): no more information
+    # than the 2,000 values, where counting rows would claim sqrt(2) less error
+    twice = np.repeat(r, 2)
+    naive = float(np.sqrt(((twice - twice.mean()) ** 2).sum()) / twice.size)
+    clustered = clustered_se(twice, np.repeat(np.arange(r.size), 2))
+    assert clustered == pytest.approx(plain, rel=1e-6)
+    assert clustered == pytest.approx(naive * np.sqrt(2), rel=1e-6)
+    with pytest.raises(ValueError):
+        clustered_se(r, np.arange(3))
+    assert share_within(0.03 / 1.959964) == pytest.approx(0.95, abs=1e-4)
+    assert share_within(0.0) == 1.0
