@@ -9,10 +9,12 @@ base), accuracy after LoRA training, ECE, English accuracy through the student
 base trains with its own defaults (controller.training.distill.for_base: the 12-layer base
 adapts its top six blocks from cached prefix states, 32 tokens, three epochs, distillation
 plus the target labels, a lexical half beside the head, the two stacked on the language's
-dev split; MiniLM: full-depth LoRA, distillation alone, uncalibrated, no lexical half). The
-baseline in the same run, `accuracy_no_lexical`, is the same student with its head
-calibrated alone (the recipe before the lexical half). The state cache starts empty in
-each run, see --state-cache).
+dev split, then the half fitted again on train + dev; MiniLM: full-depth LoRA,
+distillation alone, uncalibrated, no lexical half). The baselines in the same run, on the
+same student: `accuracy_no_refit`, the lexical half fitted on the training texts alone
+(the recipe before the refit, and what `[training] lexical_refit = false` ships), and
+`accuracy_no_lexical`, its head calibrated alone (the recipe before the lexical half). The
+state cache starts empty in each run, see --state-cache).
 
     python bench/train_bench.py --base me5-small@1            # + minilm@1 beside it
     python bench/train_bench.py --base me5-small@1 --compare none --languages sw
@@ -57,8 +59,9 @@ from controller.training.head_cache import cached_teacher_head  # noqa: E402
 from controller.training.state_cache import BaseStateCache  # noqa: E402
 from registry.fingerprint import loaded_model_fingerprint  # noqa: E402
 
-COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "accuracy_no_lexical",
-        "macro_f1", "ece", "ece_no_lexical", "en_accuracy_student", "en_accuracy_served",
+COLS = ["language", "pairs", "zero_shot_accuracy", "accuracy", "accuracy_no_refit",
+        "accuracy_no_lexical", "macro_f1", "ece", "ece_no_refit", "ece_no_lexical",
+        "en_accuracy_student", "en_accuracy_served",
         "train_seconds", "train_cpu_seconds", "peak_rss_mib", "temperature"]
 
 
@@ -96,23 +99,29 @@ def bench_base(ref: str, model_dir: Path, languages: list[str], args: argparse.N
         result = distill(encoder, head, data, cfg, progress=args.progress, cache=cache)
         # as train_adapter does: T (or the stacking weights) from dev, folded into the
         # head, and the recipe's lexical half
-        served, temperature = shipped_head(encoder, result.model, head, data.target_texts,
-                                           data.target_labels, dev, lang, LABELS,
-                                           cfg.calibrate, cfg.lexical, cache)
+        shipped = shipped_head(encoder, result.model, head, data.target_texts,
+                               data.target_labels, dev, lang, LABELS, cfg.calibrate,
+                               cfg.lexical, cache, refit=cfg.lexical_refit)
+        served, temperature = shipped.head, shipped.temperature
         wall, cpu = time.perf_counter() - t1, time.process_time() - c1
         after = evaluate_split(encoder, result.model, served, test, lang, LABELS,
                                cache=cache)
-        # the baseline in the same run: the same student, its head without a lexical half
+        # the baselines in the same run, on the same student: its head without the lexical
+        # half, and with the half fitted on the training texts alone (before the refit)
         plain = (evaluate_split(encoder, result.model, shipped_head(
             encoder, result.model, head, data.target_texts, data.target_labels, dev, lang,
-            LABELS, cfg.calibrate, False, cache)[0], test, lang, LABELS, cache=cache)
+            LABELS, cfg.calibrate, False, cache).head, test, lang, LABELS, cache=cache)
             if served.lexical is not None else after)
+        unrefit = (evaluate_split(encoder, result.model, shipped.honest, test, lang, LABELS,
+                                  cache=cache) if shipped.refitted else after)
         row = {
             "language": lang, "pairs": len(data), "samples": result.samples,
             "steps": result.steps,
             "zero_shot_accuracy": round(zero["accuracy"], 4),
             "accuracy": round(after["accuracy"], 4),
             "accuracy_no_lexical": round(plain["accuracy"], 4),
+            "accuracy_no_refit": round(unrefit["accuracy"], 4),
+            "ece_no_refit": round(unrefit["ece"], 4),
             "ece_no_lexical": round(plain["ece"], 4),
             "macro_f1": round(after["macro_f1"], 4), "ece": round(after["ece"], 4),
             "en_accuracy_teacher": round(after["source_accuracy_teacher"], 4),

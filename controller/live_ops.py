@@ -12,6 +12,7 @@ import pandas as pd
 
 from controller.clock import Clock, SystemClock
 from controller.data import cldr
+from controller.data.cldr import dataset_variants  # noqa: F401 (callers import it here)
 from controller.drift.check import check_language
 from controller.drift.reference import build_reference, get_or_build, reference_key
 from controller.drift.store import RegistryReferenceStore, read_window, record_result
@@ -30,13 +31,6 @@ log = logging.getLogger("xlt.controller")
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def dataset_variants(language: str) -> list[str]:
-    """Script or regional variants of `language` in the shipped data (hi -> [hi-Latn]):
-    the traffic a track serves by fallback, and what a drift retrain adds."""
-    langs = cldr.load_manifest()["per_language"]
-    return sorted(lang for lang in langs if language in parent_languages(lang))
 
 
 class LiveOperations:
@@ -144,6 +138,7 @@ class LiveOperations:
             top_blocks=params.get("top_blocks"),
             calibration_folds=int(params.get("calibration_folds") or 0),
             lexical=params.get("lexical"),
+            lexical_refit=params.get("lexical_refit"),
             inputs_fingerprint=params.get("inputs_fingerprint"),
             **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
         log_training_result(self.reg, task, language, result, params)

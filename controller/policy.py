@@ -102,6 +102,10 @@ class TrainingPolicy(Strict):
     # the lexical half beside a deep-base adapter's head (controller.training.lexical):
     # None keeps the base's recipe (on for deep bases), false ships the linear head alone
     lexical: bool | None = None
+    # with the lexical half: refit it on train + dev once dev has weighed the halves (+1 to
+    # +2 points); false keeps the dev split unseen by the adapter (the demo's traffic is
+    # drawn from it). The stored confidence map is fitted before the refit either way
+    lexical_refit: bool = True
     teacher: str | None = None  # None: English, or the nearest registered language by URIEL
     max_attempts: int = Field(2, ge=1)
     # a training running longer than this is given up as lost (a hung worker whose process

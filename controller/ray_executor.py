@@ -200,7 +200,8 @@ def _train_remote(job_id: int, params: dict[str, Any], database_url: str,
         languages += dataset_variants(language)
     keys = ("teacher", "epochs", "seed", "continue_from", "base", "shuffle_pairs",
             "target_labels", "target_label_weight", "drift_report_id", "inputs_fingerprint",
-            "upgrade_id", "limit_pairs", "top_blocks", "calibration_folds", "lexical")
+            "upgrade_id", "limit_pairs", "top_blocks", "calibration_folds", "lexical",
+            "lexical_refit")
     trained = train_adapter(reg, task, language, data_languages=languages, job_id=job_id,
                             device=params.get("device", "auto"),
                             **{k: params[k] for k in keys if params.get(k) is not None})

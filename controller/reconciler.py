@@ -239,6 +239,7 @@ def training_params(policy: Policy, t: TrackState, report_id: int | None,
             "top_blocks": policy.training.top_blocks,
             "calibration_folds": policy.training.calibration_folds,
             "lexical": policy.training.lexical,
+            "lexical_refit": policy.training.lexical_refit,
             "drift_report_id": report_id, **(extra or {})}
 
 

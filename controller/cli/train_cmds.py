@@ -27,6 +27,9 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @click.option("--lexical/--no-lexical", default=None,
               help="Ship a lexical half (the text's n-grams) beside the head; default: the "
                    "base's recipe (deep bases: on; MiniLM's recipe cannot).")
+@click.option("--lexical-refit/--no-lexical-refit", default=None,
+              help="Fit the lexical half again on train + dev once dev has weighed the "
+                   "halves (default: on; off keeps the dev split unseen by the adapter).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -38,7 +41,8 @@ from controller.cli.output import emit_json, emit_record, emit_table
 @json_option
 @pass_app
 def train(app: AppContext, task: str, language: str, teacher: str | None, epochs: int | None,
-          top_blocks: int | None, calibration_folds: int, lexical: bool | None, device: str,
+          top_blocks: int | None, calibration_folds: int, lexical: bool | None,
+          lexical_refit: bool | None, device: str,
           seed: int, base: str | None, continue_from: int | None, with_variants: bool,
           as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
@@ -49,7 +53,8 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
     result = train_adapter(app.registry(), task, language, teacher=teacher, epochs=epochs,
                            device=device, seed=seed, continue_from=continue_from, base=base,
                            data_languages=langs, progress=not as_json, top_blocks=top_blocks,
-                           calibration_folds=calibration_folds, lexical=lexical)
+                           calibration_folds=calibration_folds, lexical=lexical,
+                           lexical_refit=lexical_refit)
     log_training_result(app.registry(), task, language, result,
                         {"epochs": epochs or 0, "device": device, "seed": seed,
                          "teacher": result["teacher"], "data_languages": "+".join(langs)})
@@ -59,7 +64,8 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
                                                     "transfer_gap", "english_accuracy")}}
     if "calibrator" in result["metrics"]:
         cal = result["metrics"]["calibrator"]
-        summary["calibrator"] = f"cross-fitted, {cal['folds']} folds, {cal['n']} rows"
+        summary["calibrator"] = (f"cross-fitted, {cal['folds']} folds, {cal['n']} rows"
+                                 if cal["folds"] else f"{cal['method']}, {cal['n']} rows")
     if as_json:
         emit_json(summary)
     else:

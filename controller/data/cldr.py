@@ -47,7 +47,7 @@ from typing import Any
 import pandas as pd
 
 from registry.errors import ArtifactError
-from registry.languages import canonical_language
+from registry.languages import canonical_language, parent_languages
 
 DATASET_NAME = "cldr-emoji"
 CLDR_VERSION = "41"
@@ -261,6 +261,13 @@ def verify_sha256(path: Path, expected: str) -> bytes:
         raise ArtifactError(f"{path} has sha256 {actual}, expected {expected}",
                             "rebuild the dataset (python -m controller.data) or restore it")
     return data
+
+
+def dataset_variants(language: str) -> list[str]:
+    """Script or regional variants of `language` in the shipped data (hi -> [hi-Latn]):
+    the traffic a track serves by fallback, and what a drift retrain adds."""
+    return sorted(lang for lang in load_manifest()["per_language"]
+                  if language in parent_languages(lang))
 
 
 def load_split(split: str, languages: Sequence[str] | None = None,

@@ -79,9 +79,10 @@ def cross_fitted(encoder: TextEncoder, train: pd.DataFrame, language: str,
 
 def calibrator_record(cal: Calibrator, folds: int) -> dict[str, Any]:
     """What the adapter's metrics keep (JSON): the map's knots, unrounded (an isotonic
-    map is a staircase whose risers sit between nearby knots: rounding moves them)."""
-    return {"x": list(cal.x), "y": list(cal.y),
-            "n": cal.n, "folds": folds, "method": "cross-fitted isotonic"}
+    map is a staircase whose risers sit between nearby knots: rounding moves them).
+    `folds` 0: fitted on dev alone, scored by the head before its lexical refit."""
+    method = "cross-fitted isotonic" if folds else "dev isotonic, before the lexical refit"
+    return {"x": list(cal.x), "y": list(cal.y), "n": cal.n, "folds": folds, "method": method}
 
 
 def calibrator_from_record(record: Any) -> Calibrator | None:

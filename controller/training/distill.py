@@ -86,6 +86,9 @@ class DistillConfig:
     # with calibrate and target labels: ship a lexical half beside the linear head
     # (controller.training.lexical), fitted on the training texts, stacked on dev
     lexical: bool = False
+    # with lexical: once dev has chosen the halves' weights, fit the lexical half again on
+    # the training texts plus dev's (controller.training.calibrate.shipped_head)
+    lexical_refit: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from controller.data import cldr
 from controller.encoder import TextEncoder
+from controller.estimation import fit_calibrator
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
 from controller.training.calibrate import scaled_head, shipped_head
 from controller.training.crossfit import calibrator_record, confidences, cross_fitted
@@ -156,7 +157,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
                   progress: bool = False, shuffle_pairs: bool = False,
                   target_labels: bool = False, target_label_weight: float = 1.0,
                   top_blocks: int | None = None, calibration_folds: int = 0,
-                  lexical: bool | None = None, **_ignored: Any) -> dict[str, Any]:
+                  lexical: bool | None = None, lexical_refit: bool | None = None,
+                  **_ignored: Any) -> dict[str, Any]:
     """Train, evaluate and register a candidate adapter; returns {"version", "metrics", ...}.
 
     `data_languages`: whose text to train on (default: the track's language; a retrain
@@ -174,6 +176,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     `lexical`: ship a lexical half beside the head (controller.training.lexical); None
     keeps the recipe's choice (deep bases: yes), True needs a recipe that reads target
     labels and calibrates on dev (a deep base's), else it is refused before anything runs.
+    `lexical_refit`: with the lexical half, fit it again on train + dev once dev has
+    weighed the halves (None: the recipe's choice, on); the confidence map is then fitted
+    on the half fitted without dev, whose dev scores are out of sample, and stored.
     Extra keyword arguments (e.g. the reconciler's drift_report_id) are accepted and
     recorded in the hyper-parameters."""
     if calibration_folds == 1 or calibration_folds < 0:
@@ -186,7 +191,8 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     # per-base defaults (deep bases: frozen prefix, short sequences), see distill.for_base
     cfg = config or for_base(encoder.model.config, top_blocks=top_blocks)
     cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}),
-                  **({"lexical": lexical} if lexical is not None else {}))
+                  **({"lexical": lexical} if lexical is not None else {}),
+                  **({"lexical_refit": lexical_refit} if lexical_refit is not None else {}))
     if cfg.lexical and not (cfg.calibrate and (cfg.ce_weight > 0 or target_labels)):
         raise InvalidInput(f"a lexical half needs a recipe that trains on {language}'s labels "
                            f"and calibrates on its dev split; {base_ref}'s recipe does not",
@@ -244,11 +250,19 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     dev = (cldr.load_split("dev", [language]) if cfg.calibrate or calibration_folds
            else None)
     # T from dev folded into the shipped head, and its lexical half where the recipe has one
-    head, temperature = shipped_head(encoder, result.model, head, pairs.target_texts,
-                                     pairs.target_labels, dev, language, labels,
-                                     cfg.calibrate, cfg.lexical, cache)
+    shipped = shipped_head(encoder, result.model, head, pairs.target_texts,
+                           pairs.target_labels, dev, language, labels, cfg.calibrate,
+                           cfg.lexical, cache, refit=cfg.lexical_refit)
+    head, temperature = shipped.head, shipped.temperature
     wall = time.perf_counter() - t0
     calibrator = None
+    if shipped.refitted and not calibration_folds:
+        # the shipped half has read dev's labels: the dev map that label-free judgement
+        # would fit at serving time (LiveOperations.calibrator) is fitted here instead, on
+        # the same rows scored by the head fitted without them
+        rows = cldr.load_split("dev", [language, *cldr.dataset_variants(language)])
+        calibrator = calibrator_record(fit_calibrator(*confidences(
+            encoder, result.model, shipped.honest, rows, labels, cache)), folds=0)
     if calibration_folds and dev is not None:
         def recipe(kept: pd.DataFrame) -> tuple[Any, LinearHead]:
             # the fresh recipe on the kept items: teacher head, pairs, student, temperature
@@ -256,16 +270,17 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
             fold_pairs = _training_pairs(kept, teacher_lang, langs, limit_pairs, pair_labels,
                                          shuffle_pairs, seed)
             fold = distill(encoder, fold_head, fold_pairs, cfg, progress=False, cache=cache)
-            fold_head, _ = shipped_head(encoder, fold.model, fold_head,
-                                        fold_pairs.target_texts, fold_pairs.target_labels,
-                                        dev, language, labels, cfg.calibrate, cfg.lexical,
-                                        cache)
+            fold_head = shipped_head(encoder, fold.model, fold_head,
+                                     fold_pairs.target_texts, fold_pairs.target_labels,
+                                     dev, language, labels, cfg.calibrate, cfg.lexical,
+                                     cache, refit=cfg.lexical_refit).head
             return fold.model, fold_head
 
         t_cal = time.perf_counter()
         calibrator = calibrator_record(cross_fitted(
             encoder, train, language, labels, recipe, calibration_folds, seed,
-            extra=confidences(encoder, result.model, head, dev[dev["language"] == language],
+            extra=confidences(encoder, result.model, shipped.honest,
+                              dev[dev["language"] == language],
                               labels, cache), cache=cache), calibration_folds)
         calibrator["seconds"] = round(time.perf_counter() - t_cal, 2)
     test = cldr.load_split("test", [teacher_lang, language])
