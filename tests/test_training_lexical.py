@@ -237,11 +237,13 @@ def test_the_policy_switch_reaches_the_training_job() -> None:
     from registry.errors import InvalidInput
 
     t = TrackState("e", "sw", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")
-    assert training_params(parse_policy(""), t, None)["lexical"] is None
-    off = parse_policy("[training]\nlexical = false\n")
-    assert training_params(off, t, None)["lexical"] is False
-    with pytest.raises(InvalidInput, match="training.lexical"):
-        parse_policy('[training]\nlexical = "sometimes"\n')
+    # the lexical half (None: the recipe's choice) and its refit on train + dev (default on)
+    for field, default in (("lexical", None), ("lexical_refit", True)):
+        assert training_params(parse_policy(""), t, None)[field] is default
+        off = parse_policy(f"[training]\n{field} = false\n")
+        assert training_params(off, t, None)[field] is False
+        with pytest.raises(InvalidInput, match=f"training.{field}"):
+            parse_policy(f'[training]\n{field} = "sometimes"\n')
 
 
 def test_cli_refuses_lexical_on_a_shallow_base(tmp_path: Path, tiny_model_dir: Path) -> None:

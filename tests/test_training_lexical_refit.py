@@ -82,18 +82,9 @@ def test_a_refit_adapter_stores_the_dev_map_of_its_honest_half(tiny_registry: An
     assert (plain_row["hyperparams"]["lexical_ngrams"] < row["hyperparams"]["lexical_ngrams"])
 
 
-def test_the_refit_switch_reaches_the_training_job() -> None:
-    from controller.phase_status import PhaseStatus
+def test_the_demo_keeps_dev_unseen() -> None:
     from controller.policy import parse_policy
-    from controller.reconciler import TrackState, training_params
-    from registry.errors import InvalidInput
 
-    t = TrackState("e", "sw", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")
-    assert training_params(parse_policy(""), t, None)["lexical_refit"] is True
-    off = parse_policy("[training]\nlexical_refit = false\n")
-    assert training_params(off, t, None)["lexical_refit"] is False
-    with pytest.raises(InvalidInput, match="training.lexical_refit"):
-        parse_policy('[training]\nlexical_refit = "maybe"\n')
     # the demo draws its traffic from the dev split: its adapters must not have read it
     demo = Path(__file__).resolve().parents[1] / "controller" / "demo_policy.toml"
     assert parse_policy(demo.read_text()).training.lexical_refit is False
