@@ -15,12 +15,16 @@ is about.
    fold's emoji, pooled with a held-out calibration split ("dev"). Baseline in the same
    run: calibrated on that dev split alone (what the live controller does). Windows of
    `--window` requests, half of them under a label-mix shift that changes the true
-   accuracy; labels hidden; estimated accuracy vs the window's true accuracy. Two more
+   accuracy; labels hidden; estimated accuracy vs the window's true accuracy. Three more
    columns on the same windows: `rlls`, the calibration rows reweighted by the window's
    label shift as estimated from its predicted labels
-   (controller.estimation.label_shift_weights), and `perfect`, a perfectly calibrated
+   (controller.estimation.label_shift_weights); `perfect`, a perfectly calibrated
    estimator (each pool item right with exactly its calibrated probability, one simulated
-   draw): the floor that the window design itself sets.
+   draw): the floor that the window design itself sets; and `sharper`: CBPE with a map
+   from more than the top-class confidence (the margin, the entropy, and the share of the
+   request's 10 nearest training rows labelled as its prediction; a logistic regression
+   fitted on the same cross-fitted calibration rows, controller.estimation_features),
+   whose P(correct) is nearer 0 or 1 where the neighbours agree or disagree.
    Pools (`--pool`):
    - `heldout` (default): each of `--splits` random re-splits of all emoji gives
      `--train-share` of them to training (every head, English included), `--dev-share` to
@@ -40,7 +44,7 @@ is about.
    level from its calibration rows. The bench prints the share of windows within 3 points
    that an exact map would reach and the share the two together predict, beside the
    observed share: where the prediction matches the observation, what is left is the
-   calibration data's size, not the method.
+   calibration data's size, not the method. Printed for both maps.
 2. Canary with no labels: champion `english`, canary `own` (better) and `swapped` (worse)
    on windows of requests with no feedback at all, through controller.canary_analysis.analyse
    with controller.label_free's evidence (agreement + paired estimate).
@@ -60,6 +64,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from estimation_windows import (  # bench/, beside this script
+    draw,
+    error_budget,
+    heldout_split,
+    share,
+    shipped_split,
+    window_errors,
+)
 
 from controller.canary_analysis import analyse
 from controller.data import cldr
@@ -67,19 +79,19 @@ from controller.encoder import TextEncoder
 from controller.encoders.builtin import builtin_dir_for_ref
 from controller.estimation import (
     Calibrator,
-    clustered_se,
     cross_fitted_calibrator,
     estimate_accuracy,
     fit_calibrator,
-    label_shift_weights,
-    share_within,
+)
+from controller.estimation_features import (
+    fit_feature_calibrator,
+    knn_agreement,
+    request_features,
 )
 from controller.label_free import gather
 from controller.policy import CanaryPolicy
 from controller.training.embed import embed_sorted
 from controller.training.head import LinearHead, train_head
-
-Split = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]
 
 LANGS = ("en", "de", "fr", "sw")  # 2 shared cores: each language embeds ~3k texts
 TASK = "emoji-group"
@@ -92,6 +104,8 @@ class Models:
         self.encoder = encoder
         self.cache: dict[str, np.ndarray] = {}
         self.heads: dict[tuple[str, int], LinearHead] = {}
+        # each head's training rows (embeddings, labels): the sharper map's neighbours
+        self.refs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         todo = sorted({t for t in texts if t not in self.cache})
@@ -105,7 +119,12 @@ class Models:
         probs = self.heads[(language, version)].predict_proba(self.embed(list(texts)))
         return [cldr.LABELS[i] for i in probs.argmax(1)], probs.max(1)
 
-    by_method: dict[str, dict[tuple[str, int], Calibrator]]
+    def features(self, language: str, version: int, x: np.ndarray) -> np.ndarray:
+        probs = self.heads[(language, version)].predict_proba(x)
+        rx, ry = self.refs[(language, version)]
+        return request_features(probs, knn_agreement(x, probs.argmax(1), rx, ry))
+
+    by_method: dict[str, dict[tuple[str, int], Any]]
     method = "crossfit"  # what the canary half uses
 
     def calibrator(self, task: str, language: str, version: int) -> Calibrator:
@@ -121,8 +140,9 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
     split alone (the baseline; only when dev is not in the window pool) and cross-fitted
     (out-of-fold predictions over the training rows, folds by emoji, plus dev when dev is
     not in the pool). Returns each version's calibration rows (confidence, correct,
-    predicted class, true class, emoji) for the label-shift correction and the error
-    decomposition."""
+    predicted class, true class, emoji, request features) for the label-shift correction,
+    the error decomposition and the sharper map (`controller.estimation_features`, fitted on
+    the same rows as the cross-fitted isotonic map)."""
     index = {name: i for i, name in enumerate(cldr.LABELS)}
     x = models.embed(train["text"].tolist())
     y = np.array([index[v] for v in train["label"]])
@@ -136,12 +156,15 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
     for version, (rx, ry, _) in recipes.items():
         models.heads[(language, version)] = (
             english if version == 1 else train_head(rx, ry, len(cldr.LABELS), seed=seed))
+        models.refs[(language, version)] = (rx, ry)
     y_dev = np.array([index[v] for v in dev["label"]])
     rows: dict[int, tuple[np.ndarray, ...]] = {}
     for version, (rx, ry, rgroup) in recipes.items():
-        probs = models.heads[(language, version)].predict_proba(models.embed(dev["text"].tolist()))
+        x_dev = models.embed(dev["text"].tolist())
+        probs = models.heads[(language, version)].predict_proba(x_dev)
         seen = [] if dev_in_pool else [(probs.max(1), probs.argmax(1), y_dev,
-                                        dev["emoji"].to_numpy())]
+                                        dev["emoji"].to_numpy(),
+                                        models.features(language, version, x_dev))]
         if not dev_in_pool:
             models.by_method["dev"][(language, version)] = fit_calibrator(
                 probs.max(1), probs.argmax(1) == y_dev)
@@ -154,97 +177,20 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
             head = train_head(rx[keep], ry[keep], len(cldr.LABELS), seed=seed)
             at = np.isin(emoji, list(held))
             out = head.predict_proba(x[at])
-            seen.append((out.max(1), out.argmax(1), y[at], emoji[at]))
+            # neighbours among the fold model's own training rows: none of the held emoji
+            agree = knn_agreement(x[at], out.argmax(1), rx[keep], ry[keep])
+            seen.append((out.max(1), out.argmax(1), y[at], emoji[at],
+                         request_features(out, agree)))
             return out.max(1), out.argmax(1) == y[at]
 
         extra = None if dev_in_pool else (probs.max(1), probs.argmax(1) == y_dev)
         models.by_method["crossfit"][(language, version)] = cross_fitted_calibrator(
             emoji, fit_score, folds=folds, extra=extra, seed=seed)
-        conf, yhat, truth, groups = (np.concatenate(c) for c in zip(*seen, strict=True))
-        rows[version] = (conf, yhat == truth, yhat, truth, groups)
+        conf, yhat, truth, groups, feats = (np.concatenate(c) for c in zip(*seen, strict=True))
+        rows[version] = (conf, yhat == truth, yhat, truth, groups, feats)
+        models.by_method["sharper"][(language, version)] = fit_feature_calibrator(
+            feats, yhat == truth)
     return rows
-
-
-def shipped_split(language: str, pool: str) -> Split:
-    """English training rows, L's training and dev rows, and the window pool, from the
-    shipped splits (pool: the test split, or dev + test)."""
-    english = cldr.load_split("train", ["en"])
-    train, dev = cldr.load_split("train", [language]), cldr.load_split("dev", [language])
-    rows = cldr.load_split("test", [language])
-    if pool == "dev+test":
-        rows = pd.concat([dev, rows])
-    return english, train, dev, rows.reset_index(drop=True)
-
-
-def heldout_split(every: pd.DataFrame, language: str, seed: int, train_share: float,
-                  dev_share: float) -> Split:
-    """A re-split of all emoji by `seed` (the same emoji sets in every language): English
-    and L training rows, L's dev rows, and the pool (L's rows of the remaining emoji)."""
-    emoji = np.array(sorted(every["emoji"].unique()))
-    order = np.random.default_rng(seed).permutation(len(emoji))
-    n_train, n_dev = int(train_share * len(emoji)), int(dev_share * len(emoji))
-    train_set, dev_set = set(emoji[order[:n_train]]), set(emoji[order[n_train:n_train + n_dev]])
-    mine = every[every["language"] == language]
-    in_train, in_dev = mine["emoji"].isin(train_set), mine["emoji"].isin(dev_set)
-    english = every[(every["language"] == "en") & every["emoji"].isin(train_set)]
-    return (english.reset_index(drop=True), mine[in_train].reset_index(drop=True),
-            mine[in_dev].reset_index(drop=True), mine[~in_train & ~in_dev].reset_index(drop=True))
-
-
-def draw(pool: Any, n: int, rng: np.random.Generator, shifted: bool, distinct: bool
-         ) -> np.ndarray:
-    """Row indices of a window: uniform, or a label-mix shift (two groups favoured 4:1);
-    `distinct`: n different requests of the pool, else n draws with replacement."""
-    weight = np.ones(len(pool))
-    if shifted:
-        favoured = rng.choice(cldr.LABELS, 2, replace=False)
-        weight = np.where(pool["label"].isin(favoured), 4.0, 1.0)
-    return rng.choice(len(pool), n, replace=not distinct, p=weight / weight.sum())
-
-
-def window_errors(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.ndarray,
-                  predicted: np.ndarray, correct: np.ndarray, idx: np.ndarray, ridge: float,
-                  rng: np.random.Generator) -> dict[str, float]:
-    """Estimate minus truth on one window: CBPE; CBPE with the calibration rows reweighted
-    by the window's estimated label shift (RLLS); and the floor of this window design: a
-    perfectly calibrated estimator, whose pool items are right with exactly their
-    calibrated probability (one simulated draw), still misses by the items' own chance."""
-    truth = float(correct[idx].mean())
-    out = {"cbpe": estimate_accuracy(cal, conf[idx]).accuracy - truth}
-    c_conf, c_hit, c_pred, c_true, _ = cal_rows
-    w = label_shift_weights(c_true, c_pred, predicted[idx], len(cldr.LABELS), ridge=ridge)
-    shifted = fit_calibrator(c_conf, c_hit, weights=w[c_true] + 1e-9)
-    out["rlls"] = estimate_accuracy(shifted, conf[idx]).accuracy - truth
-    p = cal(conf)
-    simulated = rng.random(p.size) < p
-    out["perfect"] = float(p[idx].mean() - simulated[idx].mean())
-    return out
-
-
-def error_budget(cal: Calibrator, cal_rows: tuple[np.ndarray, ...], conf: np.ndarray,
-                 correct: np.ndarray, pool_groups: np.ndarray, window: int
-                 ) -> dict[str, float]:
-    """Where a confidence-only estimate's error comes from, for one model:
-    - realisation (`sigma_window`): even with an exact confidence -> P(correct) map, a
-      window's realised accuracy scatters around its expectation; measured from the pool's
-      residuals (calibrated confidence minus correctness), clustered by emoji, scaled to
-      the window's size;
-    - calibration level (`sigma_map`): the map is fitted on finitely many calibration rows
-      (clustered by emoji too), so its level is itself an estimate with this standard error.
-    `floor` is the share of windows within 3 points an exact map would reach; `predicted`
-    adds the map's own error, for comparison with the observed share."""
-    residual = cal(conf) - correct
-    sigma_window = clustered_se(residual, pool_groups) * np.sqrt(residual.size / window)
-    c_conf, c_hit, *_, c_groups = cal_rows
-    sigma_map = clustered_se(cal(c_conf) - c_hit, c_groups)
-    return {"sigma_window": sigma_window, "sigma_map": sigma_map,
-            "floor": share_within(sigma_window),
-            "predicted": share_within(float(np.hypot(sigma_window, sigma_map)))}
-
-
-def share(errors: list[float], mask: np.ndarray | None = None) -> float:
-    e = np.abs(np.asarray(errors))
-    return round(float(np.mean((e if mask is None else e[mask]) <= 0.03)), 4)
 
 
 def canary_runs(models: Models, language: str, pool: pd.DataFrame,
@@ -311,10 +257,11 @@ def main() -> int:
     models = Models(TextEncoder(model_dir, device="cpu"))
     index = {name: i for i, name in enumerate(cldr.LABELS)}
     rng = np.random.default_rng(args.seed)
-    errors: dict[str, list[float]] = {"cbpe": [], "rlls": [], "perfect": [], "dev": []}
+    errors: dict[str, list[float]] = {"cbpe": [], "sharper": [], "rlls": [], "perfect": [],
+                                      "dev": []}
     shifted_flags: list[bool] = []
     rows, canary = [], []
-    budgets: list[dict[str, float]] = []
+    budgets: dict[str, list[dict[str, float]]] = {"cbpe": [], "sharper": []}
     langs = tuple(x for x in args.langs.split(",") if x)
     heldout = args.pool == "heldout"
     every = (pd.concat([cldr.load_split(s) for s in cldr.SPLITS]).reset_index(drop=True)
@@ -331,30 +278,34 @@ def main() -> int:
                 english_head = train_head(
                     models.embed(english_rows["text"].tolist()),
                     [index[v] for v in english_rows["label"]], len(cldr.LABELS), seed=args.seed)
-            models.by_method = {"dev": {}, "crossfit": {}}
+            models.by_method = {"dev": {}, "crossfit": {}, "sharper": {}}
             cal_rows = fit_models(models, language, english_head, english_rows, train, dev,
                                   args.seed, args.folds, dev_in_pool=args.pool == "dev+test")
             if heldout and args.window > len(pool):
                 ap.error(f"--window {args.window} is larger than {language}'s pool "
                          f"({len(pool)} distinct rows): lower --window or the shares")
             texts = pool["text"].tolist()
+            x_pool = models.embed(texts)
             preds = {v: models.predict(TASK, language, v, texts) for v in (1, 2, 3, 4)}
             for version, name in ((1, "english"), (2, "own"), (3, "noise")):
                 labels, conf = preds[version]
                 predicted = np.array([index[v] for v in labels])
                 correct = np.asarray(labels) == pool["label"].to_numpy()
                 mine: dict[str, list[float]] = {k: [] for k in errors}
-                budget = (error_budget(models.calibrator(TASK, language, version),
-                                       cal_rows[version], conf, correct,
-                                       pool["emoji"].to_numpy(), args.window)
-                          if heldout else None)
-                if budget is not None:
-                    budgets.append(budget)
+                iso = models.calibrator(TASK, language, version)
+                sharper = models.by_method["sharper"][(language, version)]
+                sharp = sharper(models.features(language, version, x_pool))
+                maps = {"cbpe": (iso(conf), iso(cal_rows[version][0])),
+                        "sharper": (sharp, sharper(cal_rows[version][5]))}
+                budget = {k: error_budget(p_pool, correct, pool["emoji"].to_numpy(), p_cal,
+                                          cal_rows[version], args.window)
+                          for k, (p_pool, p_cal) in maps.items()} if heldout else None
+                for k in budget or ():
+                    budgets[k].append(budget[k])
                 for w in range(args.windows):
                     idx = draw(pool, args.window, rng, shifted=w % 2 == 1, distinct=heldout)
-                    for k, v in window_errors(models.calibrator(TASK, language, version),
-                                              cal_rows[version], conf, predicted, correct, idx,
-                                              args.ridge, rng).items():
+                    for k, v in window_errors(iso, cal_rows[version], conf, sharp, predicted,
+                                              correct, idx, args.ridge, rng).items():
                         mine[k].append(v)
                     if args.pool != "dev+test":
                         dev_only = models.by_method["dev"][(language, version)]
@@ -368,13 +319,13 @@ def main() -> int:
                              "pool_accuracy": round(float(correct.mean()), 3),
                              "mean_error": round(float(np.mean(mine["cbpe"])), 4),
                              "within_3pt": share(mine["cbpe"]),
+                             "sharper_within_3pt": share(mine["sharper"]),
                              "rlls_within_3pt": share(mine["rlls"]),
                              "perfect_within_3pt": share(mine["perfect"]),
                              "dev_only_within_3pt": share(mine["dev"]) if mine["dev"] else None,
-                             "sigma_window": round(budget["sigma_window"], 4) if budget else None,
-                             "sigma_map": round(budget["sigma_map"], 4) if budget else None,
-                             "predicted_within_3pt": (round(budget["predicted"], 4)
-                                                      if budget else None)})
+                             **{f"{p}{k}": round(budget[m][f"sigma_{k}"], 4) if budget
+                                else None for m, p in (("cbpe", "sigma_"), ("sharper", "sharp_sd_"))
+                                for k in ("window", "map")}})
                 print("progress", json.dumps(rows[-1]), flush=True)  # partial runs keep figures
             # on English the "own" head is the champion's own training: not a better candidate
             if split == 0 and language != "en":
@@ -382,8 +333,9 @@ def main() -> int:
                                       args.window, rng)
     flags = np.asarray(shifted_flags)
     cols = ["split", "language", "model", "pool_rows", "pool_accuracy", "mean_error",
-            "within_3pt", "rlls_within_3pt", "perfect_within_3pt", "dev_only_within_3pt",
-            "sigma_window", "sigma_map", "predicted_within_3pt"]
+            "within_3pt", "sharper_within_3pt", "rlls_within_3pt", "perfect_within_3pt",
+            "dev_only_within_3pt", "sigma_window", "sigma_map", "sharp_sd_window",
+            "sharp_sd_map"]
     design = (f"{args.splits} re-splits of the emoji ({args.train_share:.0%} train, "
               f"{args.dev_share:.0%} dev, the rest the pool), windows of {args.window} "
               f"distinct requests" if heldout else
@@ -401,36 +353,38 @@ def main() -> int:
         diff = "n/a" if c["difference"] is None else f"{c['difference']:+.3f}"
         print(f"{c['language']:>4} {c['candidate']:>7} expected {c['expected']:>4} -> "
               f"{c['verdict']:<12} by {c['evidence']:<9} diff {diff}")
-    if budgets:
-        # the windows of one model share its map's level error, so these are means over
-        # models of what each model's error spread predicts for its windows
-        floor = float(np.mean([b["floor"] for b in budgets]))
-        predicted = float(np.mean([b["predicted"] for b in budgets]))
-        print(f"\nerror budget (confidence-only estimates, errors clustered by emoji): an exact "
-              f"map would be within 3 points in {floor:.1%} of windows (median realisation "
-              f"sd {np.median([b['sigma_window'] for b in budgets]):.4f}); the maps' own "
-              f"level error (median sd {np.median([b['sigma_map'] for b in budgets]):.4f}, "
-              f"from their calibration rows) brings that to {predicted:.1%} predicted, "
-              f"against {share(errors['cbpe']):.1%} observed")
+    # the windows of one model share its map's level error, so these are means over models
+    # of what each model's error spread predicts for its windows
+    summary = {k: {"exact_map_within_3pt": float(np.mean([b["floor"] for b in bs])),
+                   "predicted_within_3pt": float(np.mean([b["predicted"] for b in bs])),
+                   "median_sigma_window": float(np.median([b["sigma_window"] for b in bs])),
+                   "median_sigma_map": float(np.median([b["sigma_map"] for b in bs]))}
+               for k, bs in budgets.items() if bs}
+    for k, what in (("cbpe", "confidence-only (isotonic)"),
+                    ("sharper", "sharper (confidence, margin, entropy, neighbours)")):
+        if k in summary:
+            b = summary[k]
+            print(f"\nerror budget, {what} map, errors clustered by emoji: an exact map "
+                  f"would be within 3 points in {b['exact_map_within_3pt']:.1%} of windows "
+                  f"(median realisation sd {b['median_sigma_window']:.4f}); the map's own "
+                  f"level error (median sd {b['median_sigma_map']:.4f}, from its calibration "
+                  f"rows) brings that to {b['predicted_within_3pt']:.1%} predicted, against "
+                  f"{share(errors[k]):.1%} observed")
     right = [c["verdict"] == c["expected"] for c in canary]
     # CBPE assumes P(correct | confidence) holds on the traffic: a label-mix shift breaks
     # that, so the two kinds of window are reported apart
     figures: dict[str, Any] = {"base": args.base, "windows": len(errors["cbpe"]),
                                "window_size": args.window, "pool": args.pool,
                                "splits": len(splits), "folds": args.folds, "ridge": args.ridge}
-    for k in ("cbpe", "rlls", "perfect", "dev"):
+    for k in ("cbpe", "sharper", "rlls", "perfect", "dev"):
         if errors[k]:
             figures[f"{k}_within_3pt"] = share(errors[k])
             figures[f"{k}_within_3pt_uniform"] = share(errors[k], ~flags)
             figures[f"{k}_within_3pt_label_shift"] = share(errors[k], flags)
             figures[f"{k}_median_abs_error"] = round(float(np.median(np.abs(errors[k]))), 4)
-    if budgets:
-        figures.update({
-            "exact_map_within_3pt": round(float(np.mean([b["floor"] for b in budgets])), 4),
-            "predicted_within_3pt": round(float(np.mean([b["predicted"] for b in budgets])), 4),
-            "median_sigma_window": round(float(np.median([b["sigma_window"]
-                                                          for b in budgets])), 4),
-            "median_sigma_map": round(float(np.median([b["sigma_map"] for b in budgets])), 4)})
+    for k, b in summary.items():  # the isotonic map's keep their names from before
+        figures.update({(name if k == "cbpe" else f"{k}_{name}"): round(v, 4)
+                        for name, v in b.items()})
     figures.update({
         "canary_runs": len(canary),
         "canary_correct_share": round(float(np.mean(right)), 4) if right else None,
