@@ -119,8 +119,11 @@ class Models:
         probs = self.heads[(language, version)].predict_proba(self.embed(list(texts)))
         return [cldr.LABELS[i] for i in probs.argmax(1)], probs.max(1)
 
-    def features(self, language: str, version: int, x: np.ndarray) -> np.ndarray:
-        probs = self.heads[(language, version)].predict_proba(x)
+    def features(self, language: str, version: int, x: np.ndarray,
+                 probs: np.ndarray | None = None) -> np.ndarray:
+        """The sharper map's inputs; `probs`: the head's probabilities on `x` if at hand."""
+        if probs is None:
+            probs = self.heads[(language, version)].predict_proba(x)
         rx, ry = self.refs[(language, version)]
         return request_features(probs, knn_agreement(x, probs.argmax(1), rx, ry))
 
@@ -164,7 +167,7 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
         probs = models.heads[(language, version)].predict_proba(x_dev)
         seen = [] if dev_in_pool else [(probs.max(1), probs.argmax(1), y_dev,
                                         dev["emoji"].to_numpy(),
-                                        models.features(language, version, x_dev))]
+                                        models.features(language, version, x_dev, probs))]
         if not dev_in_pool:
             models.by_method["dev"][(language, version)] = fit_calibrator(
                 probs.max(1), probs.argmax(1) == y_dev)
