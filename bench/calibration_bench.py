@@ -7,8 +7,14 @@ alone (CBPE, controller.estimation) with two maps:
 
 - `dev`: isotonic on the dev split (~460 rows), what the controller fits for an adapter
   trained without folds (the baseline, in the same run);
-- `crossfit`: the map stored with the adapter (out-of-fold scores over the training rows
-  plus dev; controller.training.crossfit), what the controller reads when there is one.
+- `crossfit`: the isotonic map stored with the adapter (out-of-fold scores over the
+  training rows plus dev; controller.training.crossfit), what the controller reads with
+  `[canary] estimator = "confidence"` or where a request's text is not kept;
+- `dev_sharper`: the feature map fitted on the dev split alone, what the controller fits
+  for an adapter trained without folds (LiveOperations.feature_map);
+- `sharper`: the feature map stored beside it, fitted on the same rows
+  (controller.estimation_features: margin, entropy, agreement with the adapter's 10 nearest
+  training rows), what the controller reads by default (LiveOperations.correctness).
 
 Figures: estimate minus true accuracy on the whole test split (~450 rows), and the share
 of windows of `--window` distinct test rows whose estimate is within 3 points of their
@@ -28,7 +34,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,21 +45,24 @@ import torch  # noqa: E402
 from controller.data import cldr  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
 from controller.estimation import fit_calibrator  # noqa: E402
+from controller.estimation_features import fit_feature_calibrator  # noqa: E402
 from controller.live_ops import LiveOperations  # noqa: E402
 from controller.policy import parse_policy  # noqa: E402
+from controller.training.crossfit import KNN_K  # noqa: E402
 from controller.training.pipeline import train_adapter  # noqa: E402
 
 TASK = "emoji-group"
-COLS = ["language", "accuracy", "dev_error", "crossfit_error", "dev_within_3pt",
-        "crossfit_within_3pt", "train_seconds", "fold_seconds"]
+MAPS = ("dev", "dev_sharper", "crossfit", "sharper")
+COLS = ["language", "accuracy", *(f"{m}_error" for m in MAPS),
+        *(f"{m}_within_3pt" for m in MAPS), "fold_seconds"]
 
 
-def windows_within(cal: Any, conf: np.ndarray, correct: np.ndarray, size: int, count: int,
-                   rng: np.random.Generator) -> float:
-    hits = []
-    for _ in range(count):
-        idx = rng.choice(len(conf), size, replace=False)
-        hits.append(abs(float(cal(conf[idx]).mean()) - float(correct[idx].mean())) <= 0.03)
+def windows_within(p_correct: np.ndarray, correct: np.ndarray, windows: list[np.ndarray]
+                   ) -> float:
+    """Share of `windows` (row indices) whose mean P(correct) is within 3 points of their
+    accuracy; every map is measured on the same windows."""
+    hits = [abs(float(p_correct[i].mean()) - float(correct[i].mean())) <= 0.03
+            for i in windows]
     return round(float(np.mean(hits)), 3)
 
 
@@ -104,14 +112,24 @@ def main(argv: list[str] | None = None) -> int:
             conf = np.asarray(conf)
             correct = np.asarray(labels) == test["label"].to_numpy()
             size = min(args.window, len(test))
+            windows = [rng.choice(len(conf), size, replace=False) for _ in range(args.windows)]
             fold_s = out["metrics"]["calibrator"]["seconds"]
+            scored = ops.correctness(TASK, lang, out["version"], test["text"].tolist())
+            if scored is None:
+                raise SystemExit(f"{lang}: the adapter stored no feature map")
+            _, d_feat = ops.request_features(TASK, lang, out["version"],
+                                             dev["text"].tolist(), KNN_K)
+            dev_sharper = fit_feature_calibrator(
+                d_feat, np.asarray(d_labels) == dev["label"].to_numpy())
+            _, t_feat = ops.request_features(TASK, lang, out["version"],
+                                             test["text"].tolist(), KNN_K)
+            maps = {"dev": dev_only(conf), "dev_sharper": dev_sharper(t_feat),
+                    "crossfit": stored(conf), "sharper": scored[1]}
             row = {"language": lang, "accuracy": round(float(correct.mean()), 4),
-                   "dev_error": round(float(dev_only(conf).mean() - correct.mean()), 4),
-                   "crossfit_error": round(float(stored(conf).mean() - correct.mean()), 4),
-                   "dev_within_3pt": windows_within(dev_only, conf, correct, size,
-                                                    args.windows, rng),
-                   "crossfit_within_3pt": windows_within(stored, conf, correct, size,
-                                                         args.windows, rng),
+                   **{f"{m}_error": round(float(p.mean() - correct.mean()), 4)
+                      for m, p in maps.items()},
+                   **{f"{m}_within_3pt": windows_within(p, correct, windows)
+                      for m, p in maps.items()},
                    "train_seconds": round(out["train_seconds"], 1),
                    "fold_seconds": fold_s, "total_seconds": round(total, 1),
                    "calibration_rows": stored.n}
@@ -119,15 +137,20 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     print(f"\n{args.base}: {args.folds} folds, top {args.top_blocks} blocks; estimate minus "
           f"true accuracy on the test split, and windows of {args.window} distinct test rows "
-          f"within 3 points (dev: the dev-only map, the baseline; crossfit: the stored map)")
+          f"within 3 points (dev: the dev-only isotonic map, the "
+          f"baseline; dev_sharper: the feature map on dev; crossfit and sharper: the stored "
+          f"maps, isotonic and feature)")
     print(" | ".join(f"{c:>19}" for c in COLS))
     for r in rows:
         print(" | ".join(f"{r[c]!s:>19}" for c in COLS))
     figures = {"base": args.base, "folds": args.folds, "top_blocks": args.top_blocks,
                "window": args.window, "windows": args.windows,
                "mean_abs_error_dev": round(float(np.mean([abs(r["dev_error"]) for r in rows])), 4),
-               "mean_abs_error_crossfit": round(float(np.mean(
-                   [abs(r["crossfit_error"]) for r in rows])), 4),
+               **{f"mean_abs_error_{m}": round(float(np.mean(
+                   [abs(r[f"{m}_error"]) for r in rows])), 4) for m in MAPS[1:]},
+               **{f"{m}_within_3pt": round(float(np.mean(
+                   [r[f"{m}_within_3pt"] for r in rows])), 3)
+                  for m in MAPS},
                "languages": {r["language"]: r for r in rows},
                "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(figures))

@@ -153,7 +153,12 @@ class Estimate:
 
 def estimate_accuracy(calibrator: Calibrator, confidences: Sequence[float] | np.ndarray
                       ) -> Estimate:
-    p = calibrator(confidences)
+    return estimate_from_correctness(calibrator(confidences))
+
+
+def estimate_from_correctness(p_correct: Sequence[float] | np.ndarray) -> Estimate:
+    """CBPE from each request's P(correct), whichever map gave it."""
+    p = np.asarray(p_correct, dtype=np.float64)
     if p.size == 0:
         return Estimate(float("nan"), float("inf"), 0)
     return Estimate(float(p.mean()), float(math.sqrt(float((p * (1 - p)).sum())) / p.size),
@@ -189,8 +194,20 @@ class Paired:
 def paired_estimate(canary_labels: Sequence[str], canary_conf: Sequence[float],
                     champion_labels: Sequence[str], champion_conf: Sequence[float],
                     canary_cal: Calibrator, champion_cal: Calibrator) -> Paired:
+    return paired_from_correctness(canary_labels, canary_cal(canary_conf), champion_labels,
+                                   champion_cal(champion_conf))
+
+
+def paired_from_correctness(canary_labels: Sequence[str],
+                            canary_p: Sequence[float] | np.ndarray,
+                            champion_labels: Sequence[str],
+                            champion_p: Sequence[float] | np.ndarray) -> Paired:
+    """Canary and champion on the same requests, from each request's P(correct) per arm."""
     a, b = np.asarray(canary_labels, dtype=object), np.asarray(champion_labels, dtype=object)
-    pc, ph = canary_cal(canary_conf), champion_cal(champion_conf)
+    pc, ph = np.asarray(canary_p, dtype=np.float64), np.asarray(champion_p, dtype=np.float64)
+    if not a.shape == b.shape == pc.shape == ph.shape:
+        raise ValueError("paired estimate needs one label and one P(correct) per request "
+                         "for each arm")
     differ = a != b
     # two different labels cannot both be right: keep the pair's probabilities coherent
     scale = np.where(differ & (pc + ph > 1), 1.0 / np.maximum(pc + ph, 1e-12), 1.0)

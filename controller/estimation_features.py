@@ -16,8 +16,11 @@ available wherever the base embedding of a request is kept (the traffic log keep
 A logistic regression over these features, fitted on the same cross-fitted calibration rows
 as the isotonic map, gives P(correct) per request; CBPE's estimate is its mean over a window.
 
-Measured in bench/estimation_bench.py (column `sharper`) beside the isotonic map; the
-controller does not use it yet (README, "Known limits").
+Measured in bench/estimation_bench.py (column `sharper`) beside the isotonic map, and on
+real LoRA adapters in bench/calibration_bench.py. The training pipeline fits it beside the
+isotonic map (controller.training.crossfit) and the controller's label-free judgement
+reads it where a request's text is kept (LiveOperations.correctness, policy `[canary]
+estimator`).
 """
 
 from __future__ import annotations
@@ -87,15 +90,27 @@ class FeatureCalibrator:
         return {**asdict(self), "features": list(FEATURES)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureCalibrator:
+    def from_dict(cls, data: Any) -> FeatureCalibrator:
+        """The stored map; ValueError (what is wrong) for a record that is not one."""
+        if not isinstance(data, dict):
+            raise ValueError(f"feature calibrator record must be a mapping, not {type(data)}")
         if list(data.get("features", [])) != list(FEATURES):
             raise ValueError(f"feature calibrator is for features {data.get('features')}, "
                              f"not {list(FEATURES)}")
-        coef = tuple(float(c) for c in data["coef"])
+        missing = [k for k in ("coef", "intercept", "n") if k not in data]
+        if missing:
+            raise ValueError(f"feature calibrator record lacks {', '.join(missing)}")
+        try:
+            coef = tuple(float(c) for c in data["coef"])
+            intercept, n = float(data["intercept"]), int(data["n"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"feature calibrator record is malformed: {exc}") from None
         if len(coef) != len(FEATURES):
             raise ValueError(f"feature calibrator has {len(coef)} coefficients, "
                              f"expected {len(FEATURES)}")
-        return cls(coef, float(data["intercept"]), int(data["n"]))
+        if not all(np.isfinite([*coef, intercept])) or n < 1:
+            raise ValueError("feature calibrator coefficients must be finite, n >= 1")
+        return cls(coef, intercept, n)
 
 
 def fit_feature_calibrator(features: np.ndarray, correct: Sequence[bool] | np.ndarray,

@@ -15,8 +15,10 @@ from controller.estimation import (
     Judgement,
     Paired,
     estimate_accuracy,
+    estimate_from_correctness,
     judge_difference,
     paired_estimate,
+    paired_from_correctness,
 )
 from controller.policy import CanaryPolicy
 
@@ -26,11 +28,14 @@ class LabelFreeEvidence:
     canary: Estimate | None
     champion: Estimate | None
     paired: Paired | None
+    # which map gave P(correct): "features" (both arms by the sharper map) or "confidence"
+    estimator: str = "confidence"
 
     def to_dict(self) -> dict[str, Any]:
         return {"canary_estimate": self.canary.to_dict() if self.canary else None,
                 "champion_estimate": self.champion.to_dict() if self.champion else None,
-                "paired": self.paired.to_dict() if self.paired else None}
+                "paired": self.paired.to_dict() if self.paired else None,
+                "estimator": self.estimator}
 
     @property
     def champion_accuracy(self) -> float | None:
@@ -42,6 +47,24 @@ class LabelFreeEvidence:
 
 def _labelled(rows: Sequence[dict[str, Any]]) -> int:
     return sum(1 for r in rows if r.get("feedback_label") is not None)
+
+
+def _sharper(ops: Any, task: str, language: str, versions: Sequence[int],
+             texts: Sequence[Any], policy: CanaryPolicy) -> dict[int, Any] | None:
+    """Per version, (labels, P(correct)) on `texts` by the sharper map; None unless the
+    policy asks for it, every text is kept and every version has a feature map (two arms
+    judged by different maps would compare the maps, not the models)."""
+    correctness = getattr(ops, "correctness", None)
+    if (policy.estimator != "features" or correctness is None or not texts
+            or any(t is None for t in texts)):
+        return None
+    out = {}
+    for v in dict.fromkeys(versions):
+        scored = correctness(task, language, v, list(texts))
+        if scored is None:
+            return None
+        out[v] = scored
+    return out
 
 
 def gather(ops: Any, task: str, language: str, canary: int, champion: int | None,
@@ -59,12 +82,24 @@ def gather(ops: Any, task: str, language: str, canary: int, champion: int | None
     need = policy.min_feedback_events
     if "labels" in allowed and _labelled(can_rows) >= need and _labelled(champ_rows) >= need:
         return None
+    texts = [e.get("text") for e in events]
+    sharper = _sharper(ops, task, language, [canary, champion], texts, policy)
+    if sharper is not None:
+        # every request re-scored by both arms: each arm's estimate on the requests it
+        # served, and the paired estimate on all of them
+        (lc, pc), (lh, ph) = sharper[canary], sharper[champion]
+        served = [e.get("adapter_version") for e in events]
+        mine_c = [p for p, v in zip(pc, served, strict=True) if v == canary]
+        mine_h = [p for p, v in zip(ph, served, strict=True) if v == champion]
+        return LabelFreeEvidence(
+            estimate_from_correctness(mine_c) if mine_c else None,
+            estimate_from_correctness(mine_h) if mine_h else None,
+            paired_from_correctness(lc, pc, lh, ph), "features")
     cal_c, cal_h = calibrator(task, language, canary), calibrator(task, language, champion)
     est_c = estimate_accuracy(cal_c, [r["confidence"] for r in can_rows]) if can_rows else None
     est_h = (estimate_accuracy(cal_h, [r["confidence"] for r in champ_rows])
              if champ_rows else None)
     paired = None
-    texts = [e.get("text") for e in events]
     predict = getattr(ops, "predict", None)
     if predict is not None and texts and all(t is not None for t in texts):
         lc, cc = predict(task, language, canary, texts)
@@ -104,10 +139,14 @@ def arm_estimate(ops: Any, task: str, language: str, version: int | None,
                  rows: Sequence[dict[str, Any]], policy: CanaryPolicy,
                  allowed: Sequence[str]) -> Estimate | None:
     """CBPE estimate of one adapter on the events it served (the guard's label-free
-    evidence); None when labels suffice, estimates may not decide, or ops cannot calibrate."""
+    evidence); None when labels suffice, estimates may not decide, or ops cannot calibrate.
+    By the sharper map where the policy asks for it and the requests' text is kept."""
     calibrator = getattr(ops, "calibrator", None)
     if (version is None or calibrator is None or "estimate" not in allowed or not rows
             or ("labels" in allowed and _labelled(rows) >= policy.min_feedback_events)):
         return None
+    sharper = _sharper(ops, task, language, [version], [r.get("text") for r in rows], policy)
+    if sharper is not None:
+        return estimate_from_correctness(sharper[version][1])
     return estimate_accuracy(calibrator(task, language, version),
                              [r["confidence"] for r in rows])

@@ -17,6 +17,7 @@ from controller.drift.check import check_language
 from controller.drift.reference import build_reference, get_or_build, reference_key
 from controller.drift.store import RegistryReferenceStore, read_window, record_result
 from controller.drift.traffic_reference import traffic_reference
+from controller.label_free_scoring import LabelFreeScoring
 from controller.operations import DriftOutcome
 from controller.policy import DriftPolicy, Policy
 from controller.serving import ModelCache
@@ -33,7 +34,7 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-class LiveOperations:
+class LiveOperations(LabelFreeScoring):
     def __init__(self, registry: Registry, policy: Policy, device: str | None = None,
                  models: ModelCache | None = None, clock: Clock | None = None,
                  html: str = "drifted") -> None:
@@ -48,6 +49,8 @@ class LiveOperations:
         # evaluations of registered (immutable) adapters on the shipped test split
         self._evaluations: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._calibrators: dict[tuple[str, str, int], Any] = {}
+        self._feature_maps: dict[tuple[str, str, int], Any] = {}
+        self._knn_refs: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # -- drift -------------------------------------------------------------------------
     def _track(self, task: str, language: str) -> dict[str, Any]:
@@ -194,32 +197,6 @@ class LiveOperations:
                           self._evaluate_on(task, language, version, lang))
             out[lang] = (float(evaluation["accuracy"]), policy.fairness_floor_for(task, lang))
         return out
-
-    # -- label-free judgement (controller.label_free) -----------------------------------
-    def predict(self, task: str, language: str, version: int,
-                texts: list[str]) -> tuple[list[str], Any]:
-        return self.models.predict(task, language, version, texts)
-
-    def calibrator(self, task: str, language: str, version: int) -> Any:
-        """Isotonic confidence -> P(correct) of adapter `version`; CBPE assumes calibration.
-        The cross-fitted map stored at training time when there is one (policy `[training]
-        calibration_folds`, controller.training.crossfit), else fitted on the dev split of
-        what the track serves (its language and variants)."""
-        from controller.estimation import fit_calibrator
-        from controller.training.crossfit import calibrator_from_record
-
-        key = (task, language, version)
-        if key not in self._calibrators:
-            row = self.reg.query(queries.show_adapter, task, language, version)
-            stored = calibrator_from_record((row.get("metrics") or {}).get("calibrator"))
-            if stored is not None:
-                self._calibrators[key] = stored
-                return stored
-            dev = cldr.load_split("dev", [language, *dataset_variants(language)])
-            labels, conf = self.models.predict(task, language, version, dev["text"].tolist())
-            self._calibrators[key] = fit_calibrator(
-                conf, [a == b for a, b in zip(labels, dev["label"], strict=True)])
-        return self._calibrators[key]
 
     # -- traffic -----------------------------------------------------------------------
     def live_events(self, task: str, language: str, since: float,

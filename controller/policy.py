@@ -72,6 +72,11 @@ class CanaryPolicy(Strict):
     min_estimate_events: int = Field(50, ge=1, description="events per arm for an estimate")
     # calibration error allowed for on top of sampling error (the estimate's own doubt)
     estimate_tolerance: float = Field(0.03, ge=0, le=1)
+    # each request's P(correct) where its text is kept: "features", the sharper map of
+    # controller.estimation_features (margin, entropy, agreement with the adapter's nearest
+    # training rows) where the adapter has one, else the isotonic map; "confidence", the
+    # isotonic map of the top-class confidence alone (as logged), always
+    estimator: Literal["features", "confidence"] = "features"
 
     @field_validator("steps")
     @classmethod

@@ -89,6 +89,13 @@ class ModelCache:
                 base: str | None = None) -> tuple[list[str], np.ndarray]:
         """Labels and confidences of adapter `version` of (task, language) on `texts`,
         run on `base` (default: the adapter's own)."""
+        labels, probs, _ = self.probabilities(task, language, version, texts, base)
+        return labels, probs.max(1)
+
+    def probabilities(self, task: str, language: str, version: int, texts: Sequence[str],
+                      base: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Labels, every class's probability (n, classes) and the embeddings the head read
+        (n, hidden) of adapter `version` on `texts`."""
         base = base or self._row(task, language, version)["base"]
         loaded, labels = self.adapter(task, language, version, base)
         emb = self.embed(base, texts, loaded.model)
@@ -96,7 +103,7 @@ class ModelCache:
             logits = loaded.head.logits(torch.as_tensor(emb, device=self.base(base).device),
                                         list(texts))
             probs = torch.softmax(logits, dim=-1).float().cpu().numpy()
-        return [labels[i] for i in probs.argmax(1)], probs.max(1)
+        return [labels[i] for i in probs.argmax(1)], probs, emb
 
 
 class Server:

@@ -10,12 +10,17 @@ import pandas as pd
 import pytest
 
 from controller.data import cldr
+from controller.estimation_features import FEATURES, FeatureCalibrator
+from controller.label_free import arm_estimate, gather
 from controller.live_ops import LiveOperations
 from controller.policy import parse_policy
 from controller.training.crossfit import (
+    Fitted,
+    Scored,
     calibrator_from_record,
     calibrator_record,
     cross_fitted,
+    feature_calibrator_from_record,
 )
 from controller.training.distill import DistillConfig
 from controller.training.pipeline import load_base, train_adapter
@@ -39,8 +44,18 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     stored = calibrator_from_record(record)
     assert stored is not None and list(stored.x) == record["x"]
 
+    # the sharper map, from the same rows, with its neighbour count
+    assert record["features"]["n"] == rows and record["features"]["k"] == 10
+    assert len(record["features"]["coef"]) == len(FEATURES)
+
     ops = LiveOperations(tiny_registry, parse_policy(""))
     assert ops.calibrator(TASK, "sw", out["version"]) == stored
+    sharper, k = ops.feature_map(TASK, "sw", out["version"])
+    assert sharper == FeatureCalibrator.from_dict(record["features"]) and k == 10
+    texts = cldr.load_split("test", ["sw"])["text"].tolist()[:40]
+    labels, p = ops.correctness(TASK, "sw", out["version"], texts)
+    assert labels == ops.predict(TASK, "sw", out["version"], texts)[0]
+    assert p.shape == (40,) and np.all((p > 0) & (p < 1))
 
     # an adapter without a stored map is calibrated on dev, as before
     plain = train_adapter(tiny_registry, TASK, "sw", epochs=1, device="cpu", seed=2,
@@ -48,6 +63,35 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     plain_row = tiny_registry.query(queries.show_adapter, TASK, "sw", plain["version"])
     assert "calibrator" not in plain_row["metrics"]
     assert ops.calibrator(TASK, "sw", plain["version"]).n == len(cldr.load_split("dev", ["sw"]))
+    # ... and so is its sharper map, with the adapter's sw training rows as neighbours
+    fm = ops.feature_map(TASK, "sw", plain["version"])
+    assert fm is not None and fm[0].n == len(cldr.load_split("dev", ["sw"]))
+
+    # label-free evidence on requests with text: both arms re-scored by the sharper map
+    canary, champion = out["version"], plain["version"]
+    events = [{"adapter_version": canary if i % 2 else champion, "confidence": 0.5,
+               "text": t, "feedback_label": None} for i, t in enumerate(texts)]
+    policy = parse_policy("").canary
+    evidence = gather(ops, TASK, "sw", canary, champion, events, policy, policy.evidence)
+    assert evidence is not None and evidence.estimator == "features"
+    assert evidence.paired is not None and evidence.paired.n == 40
+    assert evidence.canary is not None and evidence.canary.n == 20
+    _, p_champion = ops.correctness(TASK, "sw", champion, texts)
+    assert evidence.champion.accuracy == pytest.approx(float(np.mean(p_champion[0::2])))
+    guard = arm_estimate(ops, TASK, "sw", canary, events[1::2], policy, policy.evidence)
+    assert guard is not None and guard.accuracy == pytest.approx(evidence.canary.accuracy)
+    # the policy may keep the isotonic map of the logged confidence ...
+    plain_policy = parse_policy("[canary]\nestimator = \"confidence\"\n").canary
+    evidence = gather(ops, TASK, "sw", canary, champion, events, plain_policy,
+                      plain_policy.evidence)
+    assert evidence is not None and evidence.estimator == "confidence"
+    # ... and a request whose text was not kept leaves the sharper map out
+    cut = [*events[:-1], {**events[-1], "text": None}]
+    evidence = gather(ops, TASK, "sw", canary, champion, cut, policy, policy.evidence)
+    assert evidence is not None and evidence.estimator == "confidence"
+    assert evidence.paired is None
+    with pytest.raises(XltError, match="estimator"):
+        parse_policy("[canary]\nestimator = \"knn\"\n")
 
 
 def test_no_fold_model_sees_the_items_it_scores(tiny_registry) -> None:
@@ -64,14 +108,15 @@ def test_no_fold_model_sees_the_items_it_scores(tiny_registry) -> None:
         kept_sets.append(set(kept["emoji"]))
         return encoder.model, LinearHead(encoder.hidden_size, len(cldr.LABELS)).eval()
 
-    cal = cross_fitted(encoder, train, "sw", cldr.LABELS, recipe, folds=4, seed=0,
-                       extra=(np.array([0.5]), np.array([True])))
+    fitted = cross_fitted(encoder, train, "sw", cldr.LABELS, recipe, folds=4, seed=0,
+                          extra=Scored(np.array([0.5]), np.array([True]), np.zeros((1, 4))))
     every = set(train["emoji"])
     held = [every - kept for kept in kept_sets]
     assert len(held) == 4 and all(held)
     assert set().union(*held) == every  # every item held out once ...
     assert sum(len(h) for h in held) == len(every)  # ... and only once
-    assert cal.n == (train["language"] == "sw").sum() + 1
+    assert fitted.isotonic.n == (train["language"] == "sw").sum() + 1
+    assert fitted.features is None or fitted.features.n == fitted.isotonic.n
 
 
 def test_bad_fold_counts_are_refused(tiny_registry) -> None:
@@ -109,6 +154,39 @@ def test_record_round_trip() -> None:
     rng = np.random.default_rng(0)
     conf = rng.random(300)
     cal = fit_calibrator(conf, rng.random(300) < conf)
-    back = calibrator_from_record(calibrator_record(cal, 5))
+    record = calibrator_record(Fitted(cal, None), 5)
+    assert "features" not in record and feature_calibrator_from_record(record) is None
+    back = calibrator_from_record(record)
     assert back is not None and back.n == 300
     assert np.array_equal(back(conf), cal(conf))
+
+
+@pytest.mark.parametrize("features", [
+    {"coef": [1.0, 0.0, 0.0], "intercept": 0.0, "n": 5, "features": list(FEATURES), "k": 10},
+    {"intercept": 0.0, "n": 5, "features": list(FEATURES), "k": 10},
+    {"coef": [1, 0, 0, 0], "intercept": "x", "n": 5, "features": list(FEATURES), "k": 10},
+    {"coef": [1, 0, 0, 0], "intercept": 0.0, "n": 5, "features": ["conf"], "k": 10},
+    {"coef": [1, 0, 0, 0], "intercept": 0.0, "n": 5, "features": list(FEATURES), "k": 0},
+    {"coef": [1, 0, 0, 0], "intercept": float("nan"), "n": 5, "features": list(FEATURES),
+     "k": 10},
+    "not a map"])
+def test_malformed_stored_feature_maps_are_ignored(features) -> None:
+    """The isotonic map decides instead: a broken record never reaches a verdict."""
+    assert feature_calibrator_from_record({"x": [0.5], "y": [0.5], "n": 1,
+                                           "features": features}) is None
+
+
+def test_feature_map_record_round_trip() -> None:
+    from controller.estimation import fit_calibrator
+    from controller.estimation_features import fit_feature_calibrator
+
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(400, len(FEATURES)))
+    hit = rng.random(400) < 1 / (1 + np.exp(-f[:, 0]))
+    fitted = Fitted(fit_calibrator(rng.random(400), hit), fit_feature_calibrator(f, hit))
+    record = calibrator_record(fitted, 5, k=7)
+    back = feature_calibrator_from_record(record)
+    assert back is not None and back[1] == 7
+    assert np.array_equal(back[0](f), fitted.features(f))  # type: ignore[misc]
+    with pytest.raises(ValueError, match="lacks coef"):
+        FeatureCalibrator.from_dict({"features": list(FEATURES), "intercept": 0, "n": 3})

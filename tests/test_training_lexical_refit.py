@@ -69,6 +69,7 @@ def test_a_refit_adapter_stores_the_dev_map_of_its_honest_half(tiny_registry: An
     rows = cldr.load_split("dev", ["sw", *cldr.dataset_variants("sw")])
     assert record["folds"] == 0 and record["n"] == len(rows)
     assert record["method"] == "dev isotonic, before the lexical refit"
+    assert record["features"]["n"] == len(rows)  # the sharper map, from the same rows
     assert row["hyperparams"]["lexical_refit"] is True
     ops = LiveOperations(tiny_registry, parse_policy(""), device="cpu")
     assert ops.calibrator(TASK, "sw", out["version"]) == calibrator_from_record(record)

@@ -24,10 +24,9 @@ import pandas as pd
 
 from controller.data import cldr
 from controller.encoder import TextEncoder
-from controller.estimation import fit_calibrator
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
 from controller.training.calibrate import scaled_head, shipped_head
-from controller.training.crossfit import calibrator_record, confidences, cross_fitted
+from controller.training.crossfit import calibrator_record, cross_fitted, fit_maps, score_rows
 from controller.training.distill import DistillConfig, ParallelData, distill, for_base
 from controller.training.evaluate import evaluate_split
 from controller.training.head import LinearHead
@@ -256,13 +255,16 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     head, temperature = shipped.head, shipped.temperature
     wall = time.perf_counter() - t0
     calibrator = None
+    # the nearest-neighbour reference of the sharper map: the adapter's training rows of
+    # its language (what LiveOperations.correctness embeds at judgement time)
+    own_rows = train[train["language"] == language]
     if shipped.refitted and not calibration_folds:
         # the shipped half has read dev's labels: the dev map that label-free judgement
         # would fit at serving time (LiveOperations.calibrator) is fitted here instead, on
         # the same rows scored by the head fitted without them
         rows = cldr.load_split("dev", [language, *cldr.dataset_variants(language)])
-        calibrator = calibrator_record(fit_calibrator(*confidences(
-            encoder, result.model, shipped.honest, rows, labels, cache)), folds=0)
+        calibrator = calibrator_record(fit_maps(score_rows(
+            encoder, result.model, shipped.honest, rows, own_rows, labels, cache)), folds=0)
     if calibration_folds and dev is not None:
         def recipe(kept: pd.DataFrame) -> tuple[Any, LinearHead]:
             # the fresh recipe on the kept items: teacher head, pairs, student, temperature
@@ -279,9 +281,9 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         t_cal = time.perf_counter()
         calibrator = calibrator_record(cross_fitted(
             encoder, train, language, labels, recipe, calibration_folds, seed,
-            extra=confidences(encoder, result.model, shipped.honest,
-                              dev[dev["language"] == language],
-                              labels, cache), cache=cache), calibration_folds)
+            extra=score_rows(encoder, result.model, shipped.honest,
+                             dev[dev["language"] == language], own_rows, labels, cache),
+            cache=cache), calibration_folds)
         calibrator["seconds"] = round(time.perf_counter() - t_cal, 2)
     test = cldr.load_split("test", [teacher_lang, language])
     evaluation = evaluate_split(encoder, result.model, head, test, language, labels,

@@ -1,0 +1,121 @@
+"""What label-free judgement (controller.label_free) asks of the live models: labels and
+confidences of an adapter on the requests' text, its isotonic confidence -> P(correct) map,
+and the sharper per-request P(correct) of controller.estimation_features. Each map is the
+one stored with the adapter at training time (controller.training.crossfit) where there is
+one, else fitted on the dev split of what the track serves, once per adapter version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from controller.data import cldr
+from controller.data.cldr import dataset_variants
+from controller.serving import ModelCache
+from registry import queries
+from registry.service import Registry
+
+
+class LabelFreeScoring:
+    """Mixed into LiveOperations, which sets these attributes."""
+
+    reg: Registry
+    models: ModelCache
+    _calibrators: dict[tuple[str, str, int], Any]
+    _feature_maps: dict[tuple[str, str, int], Any]
+    _knn_refs: dict[tuple[str, str, int], tuple[Any, Any]]
+
+    def predict(self, task: str, language: str, version: int,
+                texts: list[str]) -> tuple[list[str], Any]:
+        return self.models.predict(task, language, version, texts)
+
+    def calibrator(self, task: str, language: str, version: int) -> Any:
+        """Isotonic confidence -> P(correct) of adapter `version`; CBPE assumes calibration.
+        The cross-fitted map stored at training time when there is one (policy `[training]
+        calibration_folds`, controller.training.crossfit), else fitted on the dev split of
+        what the track serves (its language and variants)."""
+        from controller.estimation import fit_calibrator
+        from controller.training.crossfit import calibrator_from_record
+
+        key = (task, language, version)
+        if key not in self._calibrators:
+            row = self.reg.query(queries.show_adapter, task, language, version)
+            stored = calibrator_from_record((row.get("metrics") or {}).get("calibrator"))
+            if stored is not None:
+                self._calibrators[key] = stored
+                return stored
+            dev = cldr.load_split("dev", [language, *dataset_variants(language)])
+            labels, conf = self.models.predict(task, language, version, dev["text"].tolist())
+            self._calibrators[key] = fit_calibrator(
+                conf, [a == b for a, b in zip(labels, dev["label"], strict=True)])
+        return self._calibrators[key]
+
+    def _agreement(self, task: str, language: str, version: int, emb: Any, predicted: Any,
+                   k: int) -> Any:
+        """knn_agreement against the adapter's training rows of its language, embedded by
+        the adapter (as crossfit.score_rows fitted it); cached per adapter version."""
+        from controller.estimation_features import knn_agreement
+
+        key = (task, language, version)
+        if key not in self._knn_refs:
+            rows = cldr.load_split("train", [language])
+            _, labels = self.models.adapter(task, language, version)
+            index = {name: i for i, name in enumerate(labels)}
+            _, _, ref = self.models.probabilities(task, language, version,
+                                                  rows["text"].tolist())
+            self._knn_refs[key] = (ref, [index[x] for x in rows["label"]])
+        ref, ref_y = self._knn_refs[key]
+        return knn_agreement(emb, predicted, ref, ref_y, min(k, len(ref_y)))
+
+    def feature_map(self, task: str, language: str, version: int) -> Any:
+        """(FeatureCalibrator, k) of adapter `version`, or None: stored beside its isotonic
+        map at training time; fitted on the dev split here when the adapter has no stored
+        map at all (as `calibrator` is); None when only an isotonic map was stored (an
+        adapter from before the feature map) or the adapter has no training rows."""
+        from controller.training.crossfit import (
+            KNN_K,
+            Scored,
+            feature_calibrator_from_record,
+            fit_maps,
+        )
+
+        key = (task, language, version)
+        if key not in self._feature_maps:
+            row = self.reg.query(queries.show_adapter, task, language, version)
+            record = (row.get("metrics") or {}).get("calibrator")
+            if record is not None or cldr.load_split("train", [language]).empty:
+                self._feature_maps[key] = feature_calibrator_from_record(record)
+            else:
+                dev = cldr.load_split("dev", [language, *dataset_variants(language)])
+                labels, features = self.request_features(task, language, version,
+                                                         dev["text"].tolist(), KNN_K)
+                correct = [a == b for a, b in zip(labels, dev["label"], strict=True)]
+                # column 0 is the logit of the top-class confidence
+                fitted = fit_maps(Scored(1 / (1 + np.exp(-features[:, 0])),
+                                         np.asarray(correct), features))
+                self._feature_maps[key] = (None if fitted.features is None
+                                           else (fitted.features, KNN_K))
+        return self._feature_maps[key]
+
+    def request_features(self, task: str, language: str, version: int, texts: list[str],
+                         k: int) -> tuple[list[str], np.ndarray]:
+        """Labels and the sharper map's features (estimation_features.FEATURES) of adapter
+        `version` on `texts`."""
+        from controller.estimation_features import request_features
+
+        labels, probs, emb = self.models.probabilities(task, language, version, texts)
+        agree = self._agreement(task, language, version, emb, probs.argmax(1), k)
+        return labels, request_features(probs, agree)
+
+    def correctness(self, task: str, language: str, version: int,
+                    texts: list[str]) -> tuple[list[str], Any] | None:
+        """Labels and P(correct) per request by the sharper map
+        (controller.estimation_features), or None where the adapter has no feature map
+        (label_free then uses `predict` and the isotonic `calibrator`)."""
+        fm = self.feature_map(task, language, version)
+        if fm is None:
+            return None
+        cal, k = fm
+        labels, features = self.request_features(task, language, version, texts, k)
+        return labels, cal(features)
