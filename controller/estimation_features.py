@@ -5,7 +5,7 @@ realisation of the window around its expectation, with variance sum p(1-p) / n^2
 map's own level error from its calibration rows, which also grows with p(1-p). Both shrink
 when the per-request P(correct) is sharper (nearer 0 or 1), and a map of the top-class
 confidence alone cannot be sharper than that confidence allows. Two more signals are
-available wherever the base embedding of a request is kept (the traffic log keeps it):
+available wherever a request's text is kept, re-scored through the model:
 - the shape of the probability vector: the margin between the top two classes and the
   entropy;
 - agreement with the model's own training data: the share of the request's k nearest
@@ -94,7 +94,7 @@ class FeatureCalibrator:
         """The stored map; ValueError (what is wrong) for a record that is not one."""
         if not isinstance(data, dict):
             raise ValueError(f"feature calibrator record must be a mapping, not {type(data)}")
-        if list(data.get("features", [])) != list(FEATURES):
+        if not isinstance(data.get("features"), list) or data["features"] != list(FEATURES):
             raise ValueError(f"feature calibrator is for features {data.get('features')}, "
                              f"not {list(FEATURES)}")
         missing = [k for k in ("coef", "intercept", "n") if k not in data]
@@ -103,7 +103,7 @@ class FeatureCalibrator:
         try:
             coef = tuple(float(c) for c in data["coef"])
             intercept, n = float(data["intercept"]), int(data["n"])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"feature calibrator record is malformed: {exc}") from None
         if len(coef) != len(FEATURES):
             raise ValueError(f"feature calibrator has {len(coef)} coefficients, "

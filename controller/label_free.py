@@ -58,6 +58,10 @@ def _sharper(ops: Any, task: str, language: str, versions: Sequence[int],
     if (policy.estimator != "features" or correctness is None or not texts
             or any(t is None for t in texts)):
         return None
+    feature_map = getattr(ops, "feature_map", None)
+    if feature_map is not None and any(feature_map(task, language, v) is None
+                                       for v in versions):
+        return None  # known before any request is scored
     out = {}
     for v in dict.fromkeys(versions):
         scored = correctness(task, language, v, list(texts))
@@ -137,15 +141,19 @@ def judge(evidence: LabelFreeEvidence, policy: CanaryPolicy,
 
 def arm_estimate(ops: Any, task: str, language: str, version: int | None,
                  rows: Sequence[dict[str, Any]], policy: CanaryPolicy,
-                 allowed: Sequence[str]) -> Estimate | None:
+                 allowed: Sequence[str], estimator: str | None = None) -> Estimate | None:
     """CBPE estimate of one adapter on the events it served (the guard's label-free
     evidence); None when labels suffice, estimates may not decide, or ops cannot calibrate.
-    By the sharper map where the policy asks for it and the requests' text is kept."""
+    By the sharper map where the policy asks for it and the requests' text is kept, unless
+    `estimator` (the map of the guard's baseline) is "confidence"; a "features" baseline
+    with rows whose text was not kept falls back to the isotonic map, about a point apart
+    (README, "Known limits"), well inside the guard's drop."""
     calibrator = getattr(ops, "calibrator", None)
     if (version is None or calibrator is None or "estimate" not in allowed or not rows
             or ("labels" in allowed and _labelled(rows) >= policy.min_feedback_events)):
         return None
-    sharper = _sharper(ops, task, language, [version], [r.get("text") for r in rows], policy)
+    sharper = (None if estimator == "confidence" else
+               _sharper(ops, task, language, [version], [r.get("text") for r in rows], policy))
     if sharper is not None:
         return estimate_from_correctness(sharper[version][1])
     return estimate_accuracy(calibrator(task, language, version),

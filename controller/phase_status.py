@@ -26,6 +26,9 @@ class Guard:
     since: float
     version: int | None = None
     baseline_accuracy: float | None = None
+    # the map that gave a label-free baseline ("features" | "confidence"; None: labels):
+    # the guard's estimate uses the same one, so the two differ by the model, not the map
+    baseline_estimator: str | None = None
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,8 @@ class Reconciler(UpgradeSteps, AttemptSteps, TrainingSteps, RolloutSteps):
         judged = guard_verdict(rows, baseline,
                                self.policy.guard_max_accuracy_drop, self.policy.canary, allowed,
                                arm_estimate(self.ops, t.task, t.language, t.champion, rows,
-                                            self.policy.canary, allowed))
+                                            self.policy.canary, allowed,
+                                            guard.baseline_estimator))
         if judged.state != "regression":
             return judged.reason
         reason = judged.reason

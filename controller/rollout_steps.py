@@ -153,8 +153,10 @@ class RolloutSteps:
                            f"canary passed all {len(steps)} steps")
         baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
                          if a is not None), 0.0)
+        estimator = (verdict.label_free or {}).get("estimator") if (
+            verdict.champion.accuracy is None) else None
         guard = Guard(until=now + self.policy.guard_window_s, since=now, version=version,
-                      baseline_accuracy=float(baseline))
+                      baseline_accuracy=float(baseline), baseline_estimator=estimator)
         self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
         return f"v{version} promoted after {len(steps)} canary steps"
 

@@ -38,7 +38,8 @@ def test_steady_keeps_the_check_time_cooldown_and_plan_only() -> None:
     assert steady.to_dict() == {"last_check_at": 10.0, "cooldown_until": 50.0,
                                 "attempts": plan.to_dict(),
                                 "guard": {"until": 99.0, "since": 60.0, "version": 3,
-                                          "baseline_accuracy": 0.6}}
+                                          "baseline_accuracy": 0.6,
+                                          "baseline_estimator": None}}
     back = PhaseStatus.from_dict(json.loads(json.dumps(steady.to_dict())))
     assert back.guard == guard and back.attempts == plan
     assert back.but(guard=None).to_dict() == {"last_check_at": 10.0, "cooldown_until": 50.0,
@@ -49,7 +50,14 @@ def test_a_guard_set_by_hand_may_name_only_its_times() -> None:
     status = PhaseStatus.from_dict({"guard": {"since": 1.0, "until": 2.0}})
     assert status.guard == Guard(until=2.0, since=1.0)
     assert status.to_dict() == {"guard": {"until": 2.0, "since": 1.0, "version": None,
-                                          "baseline_accuracy": None}}
+                                          "baseline_accuracy": None,
+                                          "baseline_estimator": None}}
+    # a label-free baseline names its map, and the guard reads it back
+    named = PhaseStatus.from_dict({"guard": {"since": 1.0, "until": 2.0, "version": 3,
+                                             "baseline_accuracy": 0.7,
+                                             "baseline_estimator": "features"}})
+    assert named.guard is not None and named.guard.baseline_estimator == "features"
+    assert PhaseStatus.from_dict(named.to_dict()) == named
 
 
 @pytest.mark.parametrize("raw", [{"guard": {"until": 1.0}}, {"guard": "soon"},

@@ -79,7 +79,13 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     _, p_champion = ops.correctness(TASK, "sw", champion, texts)
     assert evidence.champion.accuracy == pytest.approx(float(np.mean(p_champion[0::2])))
     guard = arm_estimate(ops, TASK, "sw", canary, events[1::2], policy, policy.evidence)
-    assert guard is not None and guard.accuracy == pytest.approx(evidence.canary.accuracy)
+    assert guard is not None
+    assert guard.accuracy == pytest.approx(evidence.canary.accuracy, abs=1e-4)
+    # a guard whose baseline came from the isotonic map stays on it
+    iso = arm_estimate(ops, TASK, "sw", canary, events[1::2], policy, policy.evidence,
+                       "confidence")
+    assert iso is not None and iso.accuracy == pytest.approx(
+        float(ops.calibrator(TASK, "sw", canary)([0.5] * 20).mean()))
     # the policy may keep the isotonic map of the logged confidence ...
     plain_policy = parse_policy("[canary]\nestimator = \"confidence\"\n").canary
     evidence = gather(ops, TASK, "sw", canary, champion, events, plain_policy,
@@ -166,6 +172,9 @@ def test_record_round_trip() -> None:
     {"intercept": 0.0, "n": 5, "features": list(FEATURES), "k": 10},
     {"coef": [1, 0, 0, 0], "intercept": "x", "n": 5, "features": list(FEATURES), "k": 10},
     {"coef": [1, 0, 0, 0], "intercept": 0.0, "n": 5, "features": ["conf"], "k": 10},
+    {"coef": [1, 0, 0, 0], "intercept": 0.0, "n": 5, "features": None, "k": 10},
+    {"coef": [1, 0, 0, 0], "intercept": 0.0, "n": float("inf"), "features": list(FEATURES),
+     "k": 10},
     {"coef": [1, 0, 0, 0], "intercept": 0.0, "n": 5, "features": list(FEATURES), "k": 0},
     {"coef": [1, 0, 0, 0], "intercept": float("nan"), "n": 5, "features": list(FEATURES),
      "k": 10},
