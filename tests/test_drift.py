@@ -42,7 +42,9 @@ class CachedEncoder:
         self.cache: dict[str, np.ndarray] = {}
 
     def embed(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
-        missing = sorted({t for t in texts if t not in self.cache}, key=len)
+        # ties in length ordered by text: with set order (PYTHONHASHSEED) the batches, and
+        # so the padded embeddings, change run to run, and near-ties of the KNN head flip
+        missing = sorted({t for t in texts if t not in self.cache}, key=lambda t: (len(t), t))
         if missing:
             for text, vec in zip(missing, self.model.embed(missing, batch_size), strict=True):
                 self.cache[text] = vec
