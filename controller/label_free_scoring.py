@@ -6,6 +6,7 @@ one, else fitted on the dev split of what the track serves, once per adapter ver
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,11 @@ from controller.serving import ModelCache
 from registry import queries
 from registry.service import Registry
 
+# requests whose (label, P(correct)) one process keeps (~100 bytes each plus the text): a
+# guard re-reads its sliding window every tick, and a request's score by an immutable
+# adapter version never changes, so each is scored once, not once per tick
+CORRECTNESS_MEMO = 200_000
+
 
 class LabelFreeScoring:
     """Mixed into LiveOperations, which sets these attributes."""
@@ -25,6 +31,8 @@ class LabelFreeScoring:
     _calibrators: dict[tuple[str, str, int], Any]
     _feature_maps: dict[tuple[str, str, int], Any]
     _knn_refs: dict[tuple[str, str, int], tuple[Any, Any]]
+    # (task, language, version, text) -> (label, P(correct)), oldest first
+    _correctness: dict[tuple[str, str, int, str], tuple[str, float]]
 
     def predict(self, task: str, language: str, version: int,
                 texts: list[str]) -> tuple[list[str], Any]:
@@ -73,12 +81,7 @@ class LabelFreeScoring:
         map at training time; fitted on the dev split here when the adapter has no stored
         map at all (as `calibrator` is); None when only an isotonic map was stored (an
         adapter from before the feature map) or the adapter has no training rows."""
-        from controller.training.crossfit import (
-            KNN_K,
-            Scored,
-            feature_calibrator_from_record,
-            fit_maps,
-        )
+        from controller.training.crossfit import feature_calibrator_from_record
 
         key = (task, language, version)
         if key not in self._feature_maps:
@@ -87,16 +90,26 @@ class LabelFreeScoring:
             if record is not None or cldr.load_split("train", [language]).empty:
                 self._feature_maps[key] = feature_calibrator_from_record(record)
             else:
-                dev = cldr.load_split("dev", [language, *dataset_variants(language)])
-                labels, features = self.request_features(task, language, version,
-                                                         dev["text"].tolist(), KNN_K)
-                correct = [a == b for a, b in zip(labels, dev["label"], strict=True)]
-                # column 0 is the logit of the top-class confidence
-                fitted = fit_maps(Scored(1 / (1 + np.exp(-features[:, 0])),
-                                         np.asarray(correct), features))
-                self._feature_maps[key] = (None if fitted.features is None
-                                           else (fitted.features, KNN_K))
+                self._fit_on_dev(task, language, version)
         return self._feature_maps[key]
+
+    def _fit_on_dev(self, task: str, language: str, version: int) -> None:
+        """Both maps of an adapter that stored none, from one pass over the dev split of
+        what the track serves (crossfit.fit_maps, as training fits them); the isotonic one
+        is kept unless `calibrator` already fitted it."""
+        from controller.estimation_features import request_features
+        from controller.training.crossfit import KNN_K, Scored, fit_maps
+
+        key = (task, language, version)
+        dev = cldr.load_split("dev", [language, *dataset_variants(language)])
+        labels, probs, emb = self.models.probabilities(task, language, version,
+                                                       dev["text"].tolist())
+        agree = self._agreement(task, language, version, emb, probs.argmax(1), KNN_K)
+        correct = np.asarray(labels) == dev["label"].to_numpy()
+        fitted = fit_maps(Scored(probs.max(1), correct, request_features(probs, agree)))
+        self._calibrators.setdefault(key, fitted.isotonic)
+        self._feature_maps[key] = (None if fitted.features is None
+                                   else (fitted.features, KNN_K))
 
     def request_features(self, task: str, language: str, version: int, texts: list[str],
                          k: int) -> tuple[list[str], np.ndarray]:
@@ -112,10 +125,24 @@ class LabelFreeScoring:
                     texts: list[str]) -> tuple[list[str], Any] | None:
         """Labels and P(correct) per request by the sharper map
         (controller.estimation_features), or None where the adapter has no feature map
-        (label_free then uses `predict` and the isotonic `calibrator`)."""
+        (label_free then uses `predict` and the isotonic `calibrator`). Requests already
+        scored by this adapter version in this process are not scored again."""
         fm = self.feature_map(task, language, version)
         if fm is None:
             return None
         cal, k = fm
-        labels, features = self.request_features(task, language, version, texts, k)
-        return labels, cal(features)
+        memo = self._correctness
+        todo = list(dict.fromkeys(t for t in texts if (task, language, version, t) not in memo))
+        fresh: dict[str, tuple[str, float]] = {}
+        if todo:
+            labels, features = self.request_features(task, language, version, todo, k)
+            fresh = {t: (label, float(p))
+                     for t, label, p in zip(todo, labels, cal(features), strict=True)}
+        scored = [fresh[t] if t in fresh else memo[(task, language, version, t)]
+                  for t in texts]
+        for t, value in fresh.items():
+            memo[(task, language, version, t)] = value
+        if len(memo) > CORRECTNESS_MEMO:  # the oldest first: a window slides forward
+            for stale in list(islice(memo, len(memo) - CORRECTNESS_MEMO)):
+                del memo[stale]
+        return [label for label, _ in scored], np.array([p for _, p in scored])

@@ -51,6 +51,7 @@ class LiveOperations(LabelFreeScoring):
         self._calibrators: dict[tuple[str, str, int], Any] = {}
         self._feature_maps: dict[tuple[str, str, int], Any] = {}
         self._knn_refs: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._correctness: dict[tuple[str, str, int, str], tuple[str, float]] = {}
 
     # -- drift -------------------------------------------------------------------------
     def _track(self, task: str, language: str) -> dict[str, Any]:

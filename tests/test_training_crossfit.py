@@ -32,7 +32,8 @@ CFG = DistillConfig(r=4, alpha=8, batch_size=16, max_length=24, warmup_steps=2,
                     ce_weight=1.0, source_labels=True, calibrate=True)
 
 
-def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_registry) -> None:
+def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_registry,
+                                                                     monkeypatch) -> None:
     out = train_adapter(tiny_registry, TASK, "sw", base="tiny@1", epochs=1, device="cpu",
                         seed=1, config=CFG, limit_pairs=48, calibration_folds=3)
     row = tiny_registry.query(queries.show_adapter, TASK, "sw", out["version"])
@@ -57,6 +58,28 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     assert labels == ops.predict(TASK, "sw", out["version"], texts)[0]
     assert p.shape == (40,) and np.all((p > 0) & (p < 1))
 
+    # a request is scored once per adapter version and process (a guard re-reads its
+    # sliding window every tick): only the 10 new texts are scored, duplicates once
+    batches: list[int] = []
+    real = ops.request_features
+
+    def counting(task: str, language: str, version: int, todo: list[str], k: int):
+        batches.append(len(todo))
+        return real(task, language, version, todo, k)
+
+    ops.request_features = counting  # type: ignore[method-assign]
+    more = cldr.load_split("test", ["sw"])["text"].tolist()[:50]
+    again, p_again = ops.correctness(TASK, "sw", out["version"], [*more, *more[:5]])
+    assert batches == [10] and again[:40] == labels and np.array_equal(p_again[:40], p)
+    assert again[50:] == again[:5] and np.array_equal(p_again[50:], p_again[:5])
+    # the same figures as scoring them afresh; the memo keeps its newest entries
+    monkeypatch.setattr("controller.label_free_scoring.CORRECTNESS_MEMO", 45)
+    fresh = LiveOperations(tiny_registry, parse_policy(""))
+    labels_fresh, p_fresh = fresh.correctness(TASK, "sw", out["version"], more)
+    assert labels_fresh == again[:50] and np.allclose(p_fresh, p_again[:50], atol=1e-5)
+    assert len(fresh._correctness) == 45
+    assert (TASK, "sw", out["version"], more[0]) not in fresh._correctness
+
     # an adapter without a stored map is calibrated on dev, as before
     plain = train_adapter(tiny_registry, TASK, "sw", epochs=1, device="cpu", seed=2,
                           config=CFG, limit_pairs=48)
@@ -66,6 +89,13 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     # ... and so is its sharper map, with the adapter's sw training rows as neighbours
     fm = ops.feature_map(TASK, "sw", plain["version"])
     assert fm is not None and fm[0].n == len(cldr.load_split("dev", ["sw"]))
+    # one dev pass fits both maps: asked for the sharper map first, a process keeps the
+    # isotonic map of the same pass, the one `calibrator` fits on its own
+    other = LiveOperations(tiny_registry, parse_policy(""))
+    first = other.feature_map(TASK, "sw", plain["version"])[0]
+    assert first.n == fm[0].n and first.coef == pytest.approx(fm[0].coef, abs=1e-4)
+    iso, own = (o.calibrator(TASK, "sw", plain["version"]) for o in (other, ops))
+    assert iso.n == own.n and iso.y == pytest.approx(own.y, abs=1e-4)
 
     # label-free evidence on requests with text: both arms re-scored by the sharper map
     canary, champion = out["version"], plain["version"]
