@@ -47,7 +47,10 @@ is about.
    calibration data's size, not the method. Printed for both maps.
 2. Canary with no labels: champion `english`, canary `own` (better) and `swapped` (worse)
    on windows of requests with no feedback at all, through controller.canary_analysis.analyse
-   with controller.label_free's evidence (agreement + paired estimate).
+   with controller.label_free's evidence (agreement + paired estimate), each window judged
+   twice: by the sharper map (`[canary] estimator = "features"`, the controller's default;
+   figures `sharper_canary_*`) and by the isotonic map of the logged confidence
+   (`"confidence"`; figures `canary_*`, as before the sharper map existed).
 
 Prints a table, and as its last line one JSON object of figures.
 Run: PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/estimation_bench.py [--base me5-small@1]
@@ -133,6 +136,23 @@ class Models:
     def calibrator(self, task: str, language: str, version: int) -> Calibrator:
         return self.by_method[self.method][(language, version)]
 
+    # the two calls controller.label_free makes of LiveOperations for `estimator =
+    # "features"` (controller.label_free_scoring): the head's sharper map, fitted on its
+    # cross-fitted rows, and P(correct) per request by it
+    def feature_map(self, task: str, language: str, version: int) -> tuple[Any, int] | None:
+        cal = self.by_method["sharper"].get((language, version))
+        return None if cal is None else (cal, 10)
+
+    def correctness(self, task: str, language: str, version: int, texts: list[str]
+                    ) -> tuple[list[str], np.ndarray] | None:
+        fm = self.feature_map(task, language, version)
+        if fm is None:
+            return None
+        x = self.embed(list(texts))
+        probs = self.heads[(language, version)].predict_proba(x)
+        return ([cldr.LABELS[i] for i in probs.argmax(1)],
+                fm[0](self.features(language, version, x, probs)))
+
 
 def fit_models(models: Models, language: str, english: LinearHead, english_rows: Any,
                train: pd.DataFrame, dev: pd.DataFrame, seed: int, folds: int,
@@ -200,8 +220,9 @@ def canary_runs(models: Models, language: str, pool: pd.DataFrame,
                 preds: dict[int, tuple[list[str], np.ndarray]], windows: int, size: int,
                 rng: np.random.Generator) -> list[dict[str, Any]]:
     """Champion 1 (English zero-shot) against candidate 2 (better) and 4 (worse), on
-    windows with no feedback at all, half the keys on the canary."""
-    policy = CanaryPolicy()  # default evidence: labels, estimate, agreement
+    windows with no feedback at all, half the keys on the canary; each window judged by
+    both estimators (`[canary] estimator`): the sharper map, the controller's default, and
+    the isotonic map of the logged confidence."""
     texts = pool["text"].tolist()
     out = []
     for version, expect in ((2, "pass"), (4, "fail")):
@@ -215,16 +236,20 @@ def canary_runs(models: Models, language: str, pool: pd.DataFrame,
                 events.append({"adapter_version": served, "prediction": label,
                                "confidence": conf, "feedback_label": None,
                                "text": texts[i], "routing_key": f"user-{j}"})
-            evidence = gather(models, TASK, language, version, 1, events, policy,
-                              policy.evidence)
-            verdict = analyse([e for e in events if e["adapter_version"] == version],
-                              [e for e in events if e["adapter_version"] == 1], policy,
-                              None, policy.evidence, evidence)
-            out.append({"language": language, "candidate": "own" if version == 2
-                        else "swapped", "expected": expect, "verdict": verdict.verdict,
-                        "evidence": verdict.evidence,
-                        "difference": (evidence.paired.difference
-                                       if evidence and evidence.paired else None)})
+            for estimator in ("features", "confidence"):
+                # default evidence: labels, estimate, agreement
+                policy = CanaryPolicy(estimator=estimator)
+                evidence = gather(models, TASK, language, version, 1, events, policy,
+                                  policy.evidence)
+                verdict = analyse([e for e in events if e["adapter_version"] == version],
+                                  [e for e in events if e["adapter_version"] == 1], policy,
+                                  None, policy.evidence, evidence)
+                out.append({"language": language, "candidate": "own" if version == 2
+                            else "swapped", "expected": expect, "verdict": verdict.verdict,
+                            "evidence": verdict.evidence,
+                            "estimator": evidence.estimator if evidence else None,
+                            "difference": (evidence.paired.difference
+                                           if evidence and evidence.paired else None)})
     return out
 
 
@@ -355,7 +380,8 @@ def main() -> int:
     for c in canary:
         diff = "n/a" if c["difference"] is None else f"{c['difference']:+.3f}"
         print(f"{c['language']:>4} {c['candidate']:>7} expected {c['expected']:>4} -> "
-              f"{c['verdict']:<12} by {c['evidence']:<9} diff {diff}")
+              f"{c['verdict']:<12} by {c['evidence']:<9} ({c['estimator']} map) "
+              f"diff {diff}")
     # the windows of one model share its map's level error, so these are means over models
     # of what each model's error spread predicts for its windows
     summary = {k: {"exact_map_within_3pt": float(np.mean([b["floor"] for b in bs])),
@@ -373,7 +399,6 @@ def main() -> int:
                   f"level error (median sd {b['median_sigma_map']:.4f}, from its calibration "
                   f"rows) brings that to {b['predicted_within_3pt']:.1%} predicted, against "
                   f"{share(errors[k]):.1%} observed")
-    right = [c["verdict"] == c["expected"] for c in canary]
     # CBPE assumes P(correct | confidence) holds on the traffic: a label-mix shift breaks
     # that, so the two kinds of window are reported apart
     figures: dict[str, Any] = {"base": args.base, "windows": len(errors["cbpe"]),
@@ -388,14 +413,20 @@ def main() -> int:
     for k, b in summary.items():  # the isotonic map's keep their names from before
         figures.update({(name if k == "cbpe" else f"{k}_{name}"): round(v, 4)
                         for name, v in b.items()})
-    figures.update({
-        "canary_runs": len(canary),
-        "canary_correct_share": round(float(np.mean(right)), 4) if right else None,
-        "canary_better_pass": sum(c["verdict"] == "pass" for c in canary
-                                  if c["expected"] == "pass"),
-        "canary_worse_fail": sum(c["verdict"] == "fail" for c in canary
-                                 if c["expected"] == "fail"),
-        "languages": list(langs), "seconds": round(time.perf_counter() - started, 1)})
+    # canary_*: judged by the isotonic map (the figures' meaning before the sharper map
+    # existed); sharper_canary_*: by the sharper map, the controller's default
+    for prefix, estimator in (("canary", "confidence"), ("sharper_canary", "features")):
+        runs = [c for c in canary if c["estimator"] == estimator]
+        right = [c["verdict"] == c["expected"] for c in runs]
+        figures.update({
+            f"{prefix}_runs": len(runs),
+            f"{prefix}_correct_share": round(float(np.mean(right)), 4) if right else None,
+            f"{prefix}_better_pass": sum(c["verdict"] == "pass" for c in runs
+                                         if c["expected"] == "pass"),
+            f"{prefix}_worse_fail": sum(c["verdict"] == "fail" for c in runs
+                                        if c["expected"] == "fail")})
+    figures.update({"languages": list(langs),
+                    "seconds": round(time.perf_counter() - started, 1)})
     print(json.dumps(figures))
     return 0
 
