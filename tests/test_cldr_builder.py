@@ -71,6 +71,25 @@ def test_rebuild_is_byte_identical_and_seed_matters(tmp_path: Path) -> None:
     assert a["splits"]["train"]["sha256"] != c["splits"]["train"]["sha256"]
 
 
+def test_other_shares_move_emoji_and_bad_shares_are_refused(tmp_path: Path) -> None:
+    from registry.errors import InvalidInput
+
+    default = build(tmp_path / "a")
+    wide = cldr.build_cldr(FIXTURE / "annotations", FIXTURE / "emoji-test.txt", tmp_path / "b",
+                           locales=LOCALES, seed=7, licence_file=None,
+                           built_at="2022-04-06T00:00:00+00:00", shares=(0.4, 0.15, 0.45))
+    assert wide["split_shares"] == {"train": 0.4, "dev": 0.15, "test": 0.45}
+    assert default["split_shares"] == {"train": 0.7, "dev": 0.15, "test": 0.15}
+    assert wide["splits"]["test"]["emoji"] > default["splits"]["test"]["emoji"]
+    assert sum(wide["splits"][s]["emoji"] for s in cldr.SPLITS) == \
+        sum(default["splits"][s]["emoji"] for s in cldr.SPLITS)
+    for bad in ((0.5, 0.5), (0.5, 0.5, 0.1), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)):
+        with pytest.raises(InvalidInput, match="shares"):
+            cldr.build_cldr(FIXTURE / "annotations", FIXTURE / "emoji-test.txt",
+                            tmp_path / "bad", locales=LOCALES, shares=bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 def test_tampered_split_is_refused(tmp_path: Path) -> None:
     from registry.errors import ArtifactError
 

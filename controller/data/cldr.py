@@ -46,7 +46,7 @@ from typing import Any
 
 import pandas as pd
 
-from registry.errors import ArtifactError
+from registry.errors import ArtifactError, InvalidInput
 from registry.languages import canonical_language, parent_languages
 
 DATASET_NAME = "cldr-emoji"
@@ -132,8 +132,18 @@ def read_annotations(path: Path) -> dict[tuple[str, str], str]:
     return out
 
 
-def split_emoji(groups: dict[str, str], seed: int) -> dict[str, str]:
-    """Emoji -> split, 70/15/15 per group (stratified) with a fixed seed."""
+def check_shares(shares: Sequence[float]) -> tuple[float, float, float]:
+    """(train, dev, test) shares of the emoji: three positive numbers summing to 1."""
+    if len(shares) != 3 or any(not 0 < x < 1 for x in shares) or abs(sum(shares) - 1) > 1e-9:
+        raise InvalidInput(f"split shares {list(shares)} are not three shares of the emoji",
+                           "give train, dev and test shares, each in (0, 1), summing to 1")
+    return (float(shares[0]), float(shares[1]), float(shares[2]))
+
+
+def split_emoji(groups: dict[str, str], seed: int,
+                shares: Sequence[float] = SPLIT_SHARES) -> dict[str, str]:
+    """Emoji -> split, 70/15/15 (or `shares`) per group (stratified) with a fixed seed."""
+    shares = check_shares(shares)
     by_group: dict[str, list[str]] = defaultdict(list)
     for emoji, group in groups.items():
         by_group[group].append(emoji)
@@ -141,8 +151,8 @@ def split_emoji(groups: dict[str, str], seed: int) -> dict[str, str]:
     for group in sorted(by_group):
         members = sorted(by_group[group])
         random.Random(f"{seed}:{group}").shuffle(members)
-        n_train = round(len(members) * SPLIT_SHARES[0])
-        n_dev = round(len(members) * SPLIT_SHARES[1])
+        n_train = round(len(members) * shares[0])
+        n_dev = round(len(members) * shares[1])
         for i, emoji in enumerate(members):
             assignment[emoji] = ("train" if i < n_train
                                  else "dev" if i < n_train + n_dev else "test")
@@ -161,7 +171,7 @@ def _gzip_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> str:
 
 
 def build_rows(annotations_dir: Path, emoji_test: Path, locales: Sequence[str],
-               seed: int) -> list[dict[str, Any]]:
+               seed: int, shares: Sequence[float] = SPLIT_SHARES) -> list[dict[str, Any]]:
     if not Path(emoji_test).is_file():
         raise ArtifactError(f"no emoji-test.txt at {emoji_test}", "install unicode-data")
     groups = {e: g for e, g in read_emoji_groups(emoji_test).items()
@@ -170,7 +180,7 @@ def build_rows(annotations_dir: Path, emoji_test: Path, locales: Sequence[str],
     if unknown:
         raise ArtifactError(f"emoji-test.txt has groups outside the task's labels: {unknown}",
                             "update LABELS (and the task) for this Unicode version")
-    splits = split_emoji(groups, seed)
+    splits = split_emoji(groups, seed, shares)
     rows: list[dict[str, Any]] = []
     for locale in locales:
         path = Path(annotations_dir) / f"{locale}.xml"
@@ -194,10 +204,13 @@ def build_cldr(annotations_dir: str | Path = DEBIAN_ANNOTATIONS,
                locales: Sequence[str] = DEFAULT_LOCALES,
                seed: int = DEFAULT_SEED,
                licence_file: str | Path | None = DEBIAN_COPYRIGHT,
-               built_at: str | None = None) -> dict[str, Any]:
-    """Build the dataset into `out_dir` (one gzip JSONL per split + manifest.json)."""
+               built_at: str | None = None,
+               shares: Sequence[float] = SPLIT_SHARES) -> dict[str, Any]:
+    """Build the dataset into `out_dir` (one gzip JSONL per split + manifest.json);
+    `shares`: of the emoji in train, dev and test (the shipped copy: 70/15/15)."""
+    shares = check_shares(shares)
     # read every locale first: a missing one is refused before anything is written
-    rows = build_rows(Path(annotations_dir), Path(emoji_test), locales, seed)
+    rows = build_rows(Path(annotations_dir), Path(emoji_test), locales, seed, shares)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     split_info: dict[str, Any] = {}
@@ -214,7 +227,7 @@ def build_cldr(annotations_dir: str | Path = DEBIAN_ANNOTATIONS,
         "version": DATASET_VERSION,
         "cldr_version": CLDR_VERSION,
         "seed": seed,
-        "split_shares": dict(zip(SPLITS, SPLIT_SHARES, strict=True)),
+        "split_shares": dict(zip(SPLITS, shares, strict=True)),
         "kinds": list(KINDS),
         "labels": list(LABELS),
         "dropped_groups": list(DROPPED_GROUPS),
