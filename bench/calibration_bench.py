@@ -35,8 +35,8 @@ bench/estimation_bench.py draws them).
 `perfect`: the floor that the windows' own size sets. A perfectly calibrated estimator
 (each test row right with exactly its P(correct) by the sharper map, 20 simulated draws)
 still misses a window's accuracy by the rows' own chance: on windows of 300 rows about 2
-points (sd), so even it is within 3 points in only ~85% of them; windows of 1,000 rows
-from a larger test split bring that near 98%.
+points (sd), so even it is within 3 points in only about 80-87% of them; windows of 1,000
+rows from a larger test split bring that to 98% (README, "Known limits").
 
 Prints a table, then as its last line one JSON object of figures.
 Run: .venv/bin/python bench/calibration_bench.py [--languages hi,sw,am] [--folds 5]
