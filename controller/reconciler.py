@@ -238,7 +238,7 @@ def training_params(policy: Policy, t: TrackState, report_id: int | None,
             "teacher": policy.training.teacher, "seed": policy.training.seed,
             "device": policy.training.device, "continue_from": t.champion,
             "top_blocks": policy.training.top_blocks,
-            "calibration_folds": policy.training.calibration_folds,
+            "calibration_folds": policy.calibration_folds_for(t.task, t.language),
             "lexical": policy.training.lexical,
             "lexical_refit": policy.training.lexical_refit,
             "drift_report_id": report_id, **(extra or {})}

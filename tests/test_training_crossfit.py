@@ -175,6 +175,19 @@ def test_calibration_folds_reach_the_training_job() -> None:
     assert training_params(parse_policy(""), t, None)["calibration_folds"] == 0
     five = parse_policy("[training]\ncalibration_folds = 5\n")
     assert training_params(five, t, None)["calibration_folds"] == 5
+    # per track: a language judged without labels alone pays for the folds
+    per_track = parse_policy('[[tracks]]\ntask = "e"\nlanguage = "sw"\ncalibration_folds = 5\n'
+                             'evidence = ["estimate", "agreement"]\n')
+    assert training_params(per_track, t, None)["calibration_folds"] == 5
+    other = TrackState("e", "am", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")
+    assert training_params(per_track, other, None)["calibration_folds"] == 0
+    off = parse_policy('[training]\ncalibration_folds = 5\n[[tracks]]\ntask = "e"\n'
+                       'language = "sw"\ncalibration_folds = 0\n')
+    assert training_params(off, t, None)["calibration_folds"] == 0
+    assert training_params(off, other, None)["calibration_folds"] == 5
+    for bad in ("1", "-1", '"five"'):
+        with pytest.raises(XltError, match="calibration_folds"):
+            parse_policy(f'[[tracks]]\ntask = "e"\nlanguage = "sw"\ncalibration_folds = {bad}\n')
 
 
 @pytest.mark.parametrize("record", [None, "x", {"x": [0.1], "y": [0.2, 0.3], "n": 3},
