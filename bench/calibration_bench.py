@@ -29,7 +29,7 @@ one draw of which emoji families are hard, and that draw moves every window of i
 the shipped test split is harder than the calibration rows (every estimate above the
 truth), so re-splits say how much of a language's miss is that draw. `--shares` sets the
 re-splits' train/dev/test shares of the emoji: 0.4,0.15,0.45 gives a test split of
-~1,300 rows per language, from which windows of 1,000 distinct rows can be drawn (as
+~1,360 rows per language, from which windows of 1,000 distinct rows can be drawn (as
 bench/estimation_bench.py draws them).
 
 `perfect`: the floor that the windows' own size sets. A perfectly calibrated estimator
@@ -124,8 +124,8 @@ def measure(args: argparse.Namespace, split: str, home: Path, languages: list[st
         labels, conf = ops.predict(TASK, lang, out["version"], test["text"].tolist())
         conf = np.asarray(conf)
         correct = np.asarray(labels) == test["label"].to_numpy()
-        size = min(args.window, len(test))
-        windows = [rng.choice(len(conf), size, replace=False) for _ in range(args.windows)]
+        windows = [rng.choice(len(conf), args.window, replace=False)
+                   for _ in range(args.windows)]
         fold_s = out["metrics"]["calibrator"]["seconds"]
         scored = ops.correctness(TASK, lang, out["version"], test["text"].tolist())
         if scored is None:
@@ -175,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--shares {args.shares!r}: {exc}")
     if args.folds < 2 or args.top_blocks < 1 or args.window < 1 or args.windows < 1:
         ap.error("--folds must be >= 2, --top-blocks, --window and --windows >= 1")
-    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
-    if not splits or any(x != "shipped" and not (x.isdigit() and int(x) > 0) for x in splits):
+    splits = list(dict.fromkeys(x.strip() for x in args.splits.split(",") if x.strip()))
+    if not splits or any(x != "shipped" and not (x.isdecimal() and int(x) > 0)
+                         for x in splits):
         ap.error(f"--splits {args.splits!r}: give shipped or positive integers, "
                  "comma-separated")
+    if splits == ["shipped"] and shares != cldr.check_shares(cldr.SPLIT_SHARES):
+        ap.error("--shares applies to re-splits only: add --splits 1,2,... "
+                 "(the shipped split is 70/15/15)")
     model_dir = builtin_dir_for_ref(args.base)
     if model_dir is None:
         ap.error(f"--base {args.base!r} is not a builtin base (minilm@1, me5-small@1)")
@@ -187,17 +191,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     rows: list[dict[str, Any]] = []
-    for split in splits:
-        with tempfile.TemporaryDirectory(prefix="xlt-calibration-bench-") as home:
+    before = os.environ.get(cldr.DATA_ENV)
+    with tempfile.TemporaryDirectory(prefix="xlt-calibration-bench-data-") as data_root:
+        # every re-split is built (seconds) before any training (minutes): a missing CLDR
+        # package or a window larger than a test split is refused before any figure
+        data = {split: cldr.SHIPPED_DIR if split == "shipped" else Path(data_root) / split
+                for split in splits}
+        for split, where in data.items():
             if split != "shipped":
-                data = Path(home) / "data"
-                cldr.build_cldr(out_dir=data, seed=cldr.DEFAULT_SEED + int(split),
+                cldr.build_cldr(out_dir=where, seed=cldr.DEFAULT_SEED + int(split),
                                 shares=shares)
-                os.environ[cldr.DATA_ENV] = str(data)
-            try:
-                rows += measure(args, split, Path(home), languages, model_dir, rng)
-            finally:
+            for lang in languages:
+                n = len(cldr.load_split("test", [lang], data_dir=where))
+                if n < args.window:
+                    ap.error(f"--window {args.window} is larger than {lang}'s test split on "
+                             f"split {split} ({n} rows): lower --window, or use re-splits "
+                             "with a larger test share (--shares)")
+        try:
+            for split in splits:
+                os.environ[cldr.DATA_ENV] = str(data[split])
+                with tempfile.TemporaryDirectory(prefix="xlt-calibration-bench-") as home:
+                    rows += measure(args, split, Path(home), languages, model_dir, rng)
+        finally:
+            if before is None:
                 os.environ.pop(cldr.DATA_ENV, None)
+            else:
+                os.environ[cldr.DATA_ENV] = before
     print(f"\n{args.base}: {args.folds} folds, top {args.top_blocks} blocks; estimate minus "
           f"true accuracy on the test split, and windows of {args.window} distinct test rows "
           f"within 3 points (dev: the dev-only isotonic map, the "

@@ -93,6 +93,7 @@ from controller.estimation_features import (
 )
 from controller.label_free import gather
 from controller.policy import CanaryPolicy
+from controller.training.crossfit import KNN_K
 from controller.training.embed import embed_sorted
 from controller.training.head import LinearHead, train_head
 
@@ -128,7 +129,7 @@ class Models:
         if probs is None:
             probs = self.heads[(language, version)].predict_proba(x)
         rx, ry = self.refs[(language, version)]
-        return request_features(probs, knn_agreement(x, probs.argmax(1), rx, ry))
+        return request_features(probs, knn_agreement(x, probs.argmax(1), rx, ry, KNN_K))
 
     by_method: dict[str, dict[tuple[str, int], Any]]
     method = "crossfit"  # what the canary half uses
@@ -141,7 +142,7 @@ class Models:
     # cross-fitted rows, and P(correct) per request by it
     def feature_map(self, task: str, language: str, version: int) -> tuple[Any, int] | None:
         cal = self.by_method["sharper"].get((language, version))
-        return None if cal is None else (cal, 10)
+        return None if cal is None else (cal, KNN_K)
 
     def correctness(self, task: str, language: str, version: int, texts: list[str]
                     ) -> tuple[list[str], np.ndarray] | None:
@@ -247,6 +248,7 @@ def canary_runs(models: Models, language: str, pool: pd.DataFrame,
                 out.append({"language": language, "candidate": "own" if version == 2
                             else "swapped", "expected": expect, "verdict": verdict.verdict,
                             "evidence": verdict.evidence,
+                            "requested": estimator,
                             "estimator": evidence.estimator if evidence else None,
                             "difference": (evidence.paired.difference
                                            if evidence and evidence.paired else None)})
@@ -416,8 +418,9 @@ def main() -> int:
     # canary_*: judged by the isotonic map (the figures' meaning before the sharper map
     # existed); sharper_canary_*: by the sharper map, the controller's default
     for prefix, estimator in (("canary", "confidence"), ("sharper_canary", "features")):
-        runs = [c for c in canary if c["estimator"] == estimator]
-        right = [c["verdict"] == c["expected"] for c in runs]
+        # by the map asked for; a run that fell back to the other map is counted wrong
+        runs = [c for c in canary if c["requested"] == estimator]
+        right = [c["verdict"] == c["expected"] and c["estimator"] == estimator for c in runs]
         figures.update({
             f"{prefix}_runs": len(runs),
             f"{prefix}_correct_share": round(float(np.mean(right)), 4) if right else None,

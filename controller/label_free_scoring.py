@@ -17,9 +17,9 @@ from controller.serving import ModelCache
 from registry import queries
 from registry.service import Registry
 
-# requests whose (label, P(correct)) one process keeps (~100 bytes each plus the text): a
-# guard re-reads its sliding window every tick, and a request's score by an immutable
-# adapter version never changes, so each is scored once, not once per tick
+# requests whose (label, P(correct)) one process keeps (~200 bytes each plus the text, so
+# ~40 MB when full): a guard re-reads its sliding window every tick, and a request's score
+# by an immutable adapter version never changes, so each is scored once, not once per tick
 CORRECTNESS_MEMO = 200_000
 
 
@@ -40,8 +40,9 @@ class LabelFreeScoring:
 
     def calibrator(self, task: str, language: str, version: int) -> Any:
         """Isotonic confidence -> P(correct) of adapter `version`; CBPE assumes calibration.
-        The cross-fitted map stored at training time when there is one (policy `[training]
-        calibration_folds`, controller.training.crossfit), else fitted on the dev split of
+        The cross-fitted map stored at training time when there is one (policy
+        `calibration_folds`, in `[training]` or per track; controller.training.crossfit),
+        else fitted on the dev split of
         what the track serves (its language and variants)."""
         from controller.estimation import fit_calibrator
         from controller.training.crossfit import calibrator_from_record
@@ -140,9 +141,10 @@ class LabelFreeScoring:
                      for t, label, p in zip(todo, labels, cal(features), strict=True)}
         scored = [fresh[t] if t in fresh else memo[(task, language, version, t)]
                   for t in texts]
-        for t, value in fresh.items():
-            memo[(task, language, version, t)] = value
-        if len(memo) > CORRECTNESS_MEMO:  # the oldest first: a window slides forward
+        for t in dict.fromkeys(texts):  # least recently read last: a window's requests stay
+            key = (task, language, version, t)
+            memo[key] = fresh[t] if t in fresh else memo.pop(key)
+        if len(memo) > CORRECTNESS_MEMO:  # the least recently read first
             for stale in list(islice(memo, len(memo) - CORRECTNESS_MEMO)):
                 del memo[stale]
         return [label for label, _ in scored], np.array([p for _, p in scored])

@@ -79,6 +79,11 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     assert labels_fresh == again[:50] and np.allclose(p_fresh, p_again[:50], atol=1e-5)
     assert len(fresh._correctness) == 45
     assert (TASK, "sw", out["version"], more[0]) not in fresh._correctness
+    # a request read again moves to the back: the next one out is the least recently read
+    fresh.correctness(TASK, "sw", out["version"], [more[5]])
+    fresh.correctness(TASK, "sw", out["version"], [more[0]])
+    assert (TASK, "sw", out["version"], more[5]) in fresh._correctness
+    assert (TASK, "sw", out["version"], more[6]) not in fresh._correctness
 
     # an adapter without a stored map is calibrated on dev, as before
     plain = train_adapter(tiny_registry, TASK, "sw", epochs=1, device="cpu", seed=2,
@@ -93,6 +98,7 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     # isotonic map of the same pass, the one `calibrator` fits on its own
     other = LiveOperations(tiny_registry, parse_policy(""))
     first = other.feature_map(TASK, "sw", plain["version"])[0]
+    assert (TASK, "sw", plain["version"]) in other._calibrators  # before `calibrator` asks
     assert first.n == fm[0].n and first.coef == pytest.approx(fm[0].coef, abs=1e-4)
     iso, own = (o.calibrator(TASK, "sw", plain["version"]) for o in (other, ops))
     assert iso.n == own.n and iso.y == pytest.approx(own.y, abs=1e-4)

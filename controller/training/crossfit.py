@@ -17,9 +17,9 @@ rows), which needs each request's text at judgement time. Measured on real LoRA 
 in bench/calibration_bench.py: see README "Known limits".
 
 It costs `folds` more trainings per adapter, so it is opt-in (policy `[training]
-calibration_folds`, `xlt train --calibration-folds K`). A fold is held out by emoji in
-every language at once (the teacher's English head is retrained without it too), so no
-fold model has seen the meaning of an item it is scored on. A continuation (a retrain
+calibration_folds`, or per `[[tracks]]`; `xlt train --calibration-folds K`). A fold is held
+out by emoji in every language at once (the teacher's English head is retrained without
+it too), so no fold model has seen the meaning of an item it is scored on. A continuation (a retrain
 warm-started from the champion) cannot be replayed without the champion's knowledge of
 the fold, so its folds train the recipe from scratch: slightly weaker models than the
 warm-started adapter, so the map errs on the pessimistic side.
