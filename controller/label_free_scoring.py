@@ -31,7 +31,7 @@ class LabelFreeScoring:
     _calibrators: dict[tuple[str, str, int], Any]
     _feature_maps: dict[tuple[str, str, int], Any]
     _knn_refs: dict[tuple[str, str, int], tuple[Any, Any]]
-    # (task, language, version, text) -> (label, P(correct)), oldest first
+    # (task, language, version, text) -> (label, P(correct)), least recently read first
     _correctness: dict[tuple[str, str, int, str], tuple[str, float]]
 
     def predict(self, task: str, language: str, version: int,
@@ -42,8 +42,8 @@ class LabelFreeScoring:
         """Isotonic confidence -> P(correct) of adapter `version`; CBPE assumes calibration.
         The cross-fitted map stored at training time when there is one (policy
         `calibration_folds`, in `[training]` or per track; controller.training.crossfit),
-        else fitted on the dev split of
-        what the track serves (its language and variants)."""
+        else fitted on the dev split of what the track serves (its language and
+        variants)."""
         from controller.estimation import fit_calibrator
         from controller.training.crossfit import calibrator_from_record
 
