@@ -24,7 +24,7 @@ demo: install
 
 # the first wave's loop on the English base alone (hi, sw, yo on minilm@1)
 demo-english: install
-	$(PY) -m controller.demo_english
+	$(PY) -m controller.demo.english
 
 test: install
 	$(PY) -m pytest

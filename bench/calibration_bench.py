@@ -3,7 +3,7 @@
 Per language: `train_adapter` on a fresh embedded registry (SQLite, temporary XLT_HOME)
 with `calibration_folds = K`, on the multilingual base (`--base`, default me5-small@1),
 then the adapter's accuracy on the held-out test split estimated from its confidences
-alone (CBPE, controller.estimation) with two maps:
+alone (CBPE, controller.analysis.estimation) with two maps:
 
 - `dev`: isotonic on the dev split (~460 rows), what the controller fits for an adapter
   trained without folds (the baseline, in the same run);
@@ -13,7 +13,7 @@ alone (CBPE, controller.estimation) with two maps:
 - `dev_sharper`: the feature map fitted on the dev split alone, what the controller fits
   for an adapter trained without folds (LiveOperations.feature_map);
 - `sharper`: the feature map stored beside it, fitted on the same rows
-  (controller.estimation_features: margin, entropy, agreement with the adapter's 10 nearest
+  (controller.analysis.estimation_features: margin, entropy, agreement with the adapter's 10 nearest
   training rows), what the controller reads by default (LiveOperations.correctness).
 
 Figures: estimate minus true accuracy on the whole test split (~450 rows), and the share
@@ -61,11 +61,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from controller.analysis.estimation import fit_calibrator  # noqa: E402
+from controller.analysis.estimation_features import fit_feature_calibrator  # noqa: E402
 from controller.data import cldr  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
-from controller.estimation import fit_calibrator  # noqa: E402
-from controller.estimation_features import fit_feature_calibrator  # noqa: E402
-from controller.live_ops import LiveOperations  # noqa: E402
+from controller.ops.live import LiveOperations  # noqa: E402
 from controller.policy import parse_policy  # noqa: E402
 from controller.training.crossfit import KNN_K  # noqa: E402
 from controller.training.pipeline import train_adapter  # noqa: E402

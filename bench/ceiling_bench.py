@@ -59,8 +59,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from controller.data import cldr  # noqa: E402
-from controller.encoder import TextEncoder  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
+from controller.encoders.text import TextEncoder  # noqa: E402
 from controller.training.distill import ParallelData, distill, for_base  # noqa: E402
 from controller.training.evaluate import embed_texts  # noqa: E402
 from controller.training.head import LinearHead, train_head  # noqa: E402

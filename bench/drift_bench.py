@@ -58,7 +58,7 @@ def reference_embeddings(rows: pd.DataFrame, encoder: str) -> np.ndarray:
         return load_file(str(cache))["embeddings"]
     import torch
 
-    from controller.encoder import TextEncoder, demo_base_dir
+    from controller.encoders.text import TextEncoder, demo_base_dir
 
     torch.set_num_threads(1)  # on the shared 2-core machines one thread is ~3x faster
     model = TextEncoder(demo_base_dir(), device="cpu")

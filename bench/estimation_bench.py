@@ -18,12 +18,12 @@ is about.
    accuracy; labels hidden; estimated accuracy vs the window's true accuracy. Three more
    columns on the same windows: `rlls`, the calibration rows reweighted by the window's
    label shift as estimated from its predicted labels
-   (controller.estimation.label_shift_weights); `perfect`, a perfectly calibrated
+   (controller.analysis.estimation.label_shift_weights); `perfect`, a perfectly calibrated
    estimator (each pool item right with exactly its calibrated probability, one simulated
    draw): the floor that the window design itself sets; and `sharper`: CBPE with a map
    from more than the top-class confidence (the margin, the entropy, and the share of the
    request's 10 nearest training rows labelled as its prediction; a logistic regression
-   fitted on the same cross-fitted calibration rows, controller.estimation_features),
+   fitted on the same cross-fitted calibration rows, controller.analysis.estimation_features),
    whose P(correct) is nearer 0 or 1 where the neighbours agree or disagree.
    Pools (`--pool`):
    - `heldout` (default): each of `--splits` random re-splits of all emoji gives
@@ -46,8 +46,8 @@ is about.
    observed share: where the prediction matches the observation, what is left is the
    calibration data's size, not the method. Printed for both maps.
 2. Canary with no labels: champion `english`, canary `own` (better) and `swapped` (worse)
-   on windows of requests with no feedback at all, through controller.canary_analysis.analyse
-   with controller.label_free's evidence (agreement + paired estimate), each window judged
+   on windows of requests with no feedback at all, through controller.analysis.canary.analyse
+   with controller.analysis.label_free's evidence (agreement + paired estimate), each window judged
    twice: by the sharper map (`[canary] estimator = "features"`, the controller's default;
    figures `sharper_canary_*`) and by the isotonic map of the logged confidence
    (`"confidence"`; figures `canary_*`, as before the sharper map existed).
@@ -76,22 +76,22 @@ from estimation_windows import (  # bench/, beside this script
     window_errors,
 )
 
-from controller.canary_analysis import analyse
-from controller.data import cldr
-from controller.encoder import TextEncoder
-from controller.encoders.builtin import builtin_dir_for_ref
-from controller.estimation import (
+from controller.analysis.canary import analyse
+from controller.analysis.estimation import (
     Calibrator,
     cross_fitted_calibrator,
     estimate_accuracy,
     fit_calibrator,
 )
-from controller.estimation_features import (
+from controller.analysis.estimation_features import (
     fit_feature_calibrator,
     knn_agreement,
     request_features,
 )
-from controller.label_free import gather
+from controller.analysis.label_free import gather
+from controller.data import cldr
+from controller.encoders.builtin import builtin_dir_for_ref
+from controller.encoders.text import TextEncoder
 from controller.policy import CanaryPolicy
 from controller.training.crossfit import KNN_K
 from controller.training.embed import embed_sorted
@@ -137,8 +137,8 @@ class Models:
     def calibrator(self, task: str, language: str, version: int) -> Calibrator:
         return self.by_method[self.method][(language, version)]
 
-    # the two calls controller.label_free makes of LiveOperations for `estimator =
-    # "features"` (controller.label_free_scoring): the head's sharper map, fitted on its
+    # the two calls controller.analysis.label_free makes of LiveOperations for `estimator =
+    # "features"` (controller.ops.label_free_scoring): the head's sharper map, fitted on its
     # cross-fitted rows, and P(correct) per request by it
     def feature_map(self, task: str, language: str, version: int) -> tuple[Any, int] | None:
         cal = self.by_method["sharper"].get((language, version))
@@ -165,8 +165,8 @@ def fit_models(models: Models, language: str, english: LinearHead, english_rows:
     (out-of-fold predictions over the training rows, folds by emoji, plus dev when dev is
     not in the pool). Returns each version's calibration rows (confidence, correct,
     predicted class, true class, emoji, request features) for the label-shift correction,
-    the error decomposition and the sharper map (`controller.estimation_features`, fitted on
-    the same rows as the cross-fitted isotonic map)."""
+    the error decomposition and the sharper map (`controller.analysis.estimation_features`,
+    fitted on the same rows as the cross-fitted isotonic map)."""
     index = {name: i for i, name in enumerate(cldr.LABELS)}
     x = models.embed(train["text"].tolist())
     y = np.array([index[v] for v in train["label"]])

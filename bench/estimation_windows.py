@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from controller.data import cldr
-from controller.estimation import (
+from controller.analysis.estimation import (
     Calibrator,
     clustered_se,
     estimate_accuracy,
@@ -18,6 +17,7 @@ from controller.estimation import (
     label_shift_weights,
     share_within,
 )
+from controller.data import cldr
 
 Split = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]
 

@@ -54,7 +54,7 @@ def make_adapters(reg: Registry, model_dir: Path, tmp: Path, top_blocks: int) ->
     from peft import get_peft_model
 
     from controller.data.cldr import LABELS
-    from controller.encoder import TextEncoder
+    from controller.encoders.text import TextEncoder
     from controller.training.artifact import save_adapter
     from controller.training.distill import for_base
     from controller.training.head import LinearHead
@@ -91,7 +91,8 @@ def traffic(hour: int) -> dict[str, list[str]]:
 
 
 def serve_hours(reg: Registry, memo: bool, hours: int) -> list[float]:
-    from controller.serving import ModelCache, Server
+    from controller.demo.server import Server
+    from controller.ops.model_cache import ModelCache
 
     server = Server(reg, TASK, models=ModelCache(reg, "cpu", memo=memo))
     seconds = []
@@ -109,9 +110,9 @@ def gate_runs(reg: Registry, memo: bool, runs: int) -> list[float]:
     with English, fairness on hi, the champion), each run in a fresh LiveOperations (a
     candidate's evaluation is cached per process; the memo outlives it in the model cache,
     as in the controller)."""
-    from controller.live_ops import LiveOperations
+    from controller.ops.live import LiveOperations
+    from controller.ops.model_cache import ModelCache
     from controller.policy import Policy
-    from controller.serving import ModelCache
 
     models = ModelCache(reg, "cpu", memo=memo)
     policy = Policy.model_validate({"base": "me5-small@1",

@@ -53,7 +53,7 @@ def timed(fn: Callable[[int], object], calls: int, warmup: int = 200) -> dict[st
 
 
 def populate(reg, workdir: Path) -> None:
-    from controller.encoder import demo_base_dir
+    from controller.encoders.text import demo_base_dir
 
     reg.init()
     enc = reg.register_encoder("minilm", "1", demo_base_dir())

@@ -51,11 +51,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
-from controller.clock import ManualClock  # noqa: E402
-from controller.live_ops import LiveOperations  # noqa: E402
+from controller.loop.clock import ManualClock  # noqa: E402
+from controller.loop.reconciler import request_retrain  # noqa: E402
+from controller.ops.live import LiveOperations  # noqa: E402
 from controller.policy import Policy  # noqa: E402
-from controller.reconciler import request_retrain  # noqa: E402
-from controller.scheduler import Controller  # noqa: E402
+from controller.runtime.scheduler import Controller  # noqa: E402
 from registry import migrate  # noqa: E402
 from registry.schema import Adapter, Track  # noqa: E402
 from registry.service import Registry  # noqa: E402

@@ -62,7 +62,7 @@ def base_dir(kind: str, tmp: Path) -> Path:
         from tests.tinymodel import make_tiny_bert
 
         return make_tiny_bert(tmp / "tiny", hidden=64, layers=2)
-    from controller.encoder import demo_base_dir
+    from controller.encoders.text import demo_base_dir
 
     return demo_base_dir()
 
@@ -72,7 +72,7 @@ def make_adapters(reg: Registry, model_dir: Path, tmp: Path, languages: list[str
     from peft import LoraConfig, get_peft_model
 
     from controller.data.cldr import LABELS
-    from controller.encoder import TextEncoder
+    from controller.encoders.text import TextEncoder
     from controller.training.artifact import save_adapter
     from controller.training.head import LinearHead
     from tests.serve_support import randomize_lora

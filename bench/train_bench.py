@@ -50,8 +50,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from controller.data.cldr import LABELS, load_split, parallel_pairs  # noqa: E402
-from controller.encoder import TextEncoder  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
+from controller.encoders.text import TextEncoder  # noqa: E402
 from controller.training.calibrate import shipped_head  # noqa: E402
 from controller.training.distill import ParallelData, distill, for_base  # noqa: E402
 from controller.training.evaluate import evaluate_split  # noqa: E402

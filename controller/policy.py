@@ -73,7 +73,7 @@ class CanaryPolicy(Strict):
     # calibration error allowed for on top of sampling error (the estimate's own doubt)
     estimate_tolerance: float = Field(0.03, ge=0, le=1)
     # each request's P(correct) where its text is kept: "features", the sharper map of
-    # controller.estimation_features (margin, entropy, agreement with the adapter's nearest
+    # controller.analysis.estimation_features (margin, entropy, agreement with the adapter's nearest
     # training rows) where the adapter has one, else the isotonic map; "confidence", the
     # isotonic map of the top-class confidence alone (as logged), always
     estimator: Literal["features", "confidence"] = "features"
@@ -126,7 +126,7 @@ class TrainingPolicy(Strict):
     seed: int = 0
     device: str = "auto"
     # the tick never waits on a training: it launches up to these many at once and polls
-    # them; more drifting tracks than slots wait in a fair queue (controller.job_queue)
+    # them; more drifting tracks than slots wait in a fair queue (controller.executors.job_queue)
     max_concurrent: int = Field(1, ge=1, description="trainings at once, all tracks")
     per_gpu: int = Field(1, ge=1, description="trainings at once on one GPU")
     # what one training asks for: num_gpus > 0 puts it on a GPU (local executors pick the
@@ -136,7 +136,7 @@ class TrainingPolicy(Strict):
     memory_mb: int | None = Field(None, ge=1)
     gpus: int | None = Field(None, ge=0, description="GPUs to use; None: all that are seen")
     # the Ray executor's cluster: "host:port" or "ray://host:10001"; None: RAY_ADDRESS, else
-    # a local cluster that ends with the controller (controller.ray_executor)
+    # a local cluster that ends with the controller (controller.executors.ray)
     ray_address: str | None = None
 
     @field_validator("calibration_folds")

@@ -1,4 +1,5 @@
-"""Audit events and their outbox rows, written in the same transaction as the change."""
+"""Audit events, their outbox rows and (for alerts) their delivery rows, written in the same
+transaction as the change."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from registry.schema import Event, OutboxMessage, Track
+from registry.schema import AlertDelivery, Event, OutboxMessage, Track
+
+PENDING, DELIVERED = "pending", "delivered"  # alert_deliveries.status
 
 
 def track_state(track: Track) -> dict[str, Any]:
@@ -43,3 +46,12 @@ def record_event(session: Session, *, actor: str, action: str, track: Track | No
                  "reason": reason, "actor": actor, **(payload or {})},
     ))
     return ev
+
+
+def enqueue(session: Session, event_id: int, receivers: tuple[str, ...] | list[str]) -> int:
+    """Delivery rows for one alert event (inside the event's own transaction)."""
+    for name in dict.fromkeys(receivers):
+        session.add(AlertDelivery(event_id=event_id, receiver=name, status=PENDING,
+                                  attempts=0))
+    session.flush()
+    return len(set(receivers))

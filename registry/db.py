@@ -91,3 +91,18 @@ class Database:
 
     def reader(self) -> Session:
         return self._reader()
+
+
+def db_unavailable(exc: BaseException) -> bool:
+    """The database went away (connection refused/reset, server shutting down, session
+    terminated), as opposed to a bug: reported once per outage, without a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from registry.errors import DatabaseNotReady
+
+    if isinstance(exc, DatabaseNotReady):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or type(exc.orig).__name__ in (
+            "OperationalError", "InterfaceError", "AdminShutdown", "CannotConnectNow")
+    return False

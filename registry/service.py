@@ -32,24 +32,25 @@ from registry.errors import ArtifactError, DatabaseNotReady
 from registry.routing import CachedResolver, Resolution, resolve
 from registry.schema import Adapter, BaseEncoder, Dataset
 from registry.settings import Settings, default_actor, load_settings
-from registry.uow import UnitOfWork
+from registry.uow import Fence, UnitOfWork
 
 T = TypeVar("T")
 
 
 class Registry:
-    def __init__(self, settings: Settings, actor: str | None = None) -> None:
+    def __init__(self, settings: Settings, actor: str | None = None,
+                 alert_receivers: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.actor = actor or default_actor()
         self.db = Database(settings.database_url)
         self.store = ArtifactStore(settings.artifacts_dir)
         # names of the policy's webhook receivers: each alert event gets a delivery row each
-        self.alert_receivers: tuple[str, ...] = ()
+        self.alert_receivers: tuple[str, ...] = tuple(alert_receivers)
 
     @classmethod
     def open(cls, home: str | Path | None = None, database_url: str | None = None,
-             actor: str | None = None) -> Registry:
-        return cls(load_settings(home=home, database_url=database_url), actor)
+             actor: str | None = None, alert_receivers: tuple[str, ...] = ()) -> Registry:
+        return cls(load_settings(home=home, database_url=database_url), actor, alert_receivers)
 
     # -- setup -------------------------------------------------------------------------
     def init(self) -> str | None:
@@ -72,8 +73,10 @@ class Registry:
         migrate.require_current(self.db.url)
 
     # -- plumbing ----------------------------------------------------------------------
-    def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.db, self.actor, self.alert_receivers)
+    def unit_of_work(self, actor: str | None = None, fence: Fence | None = None) -> UnitOfWork:
+        """The one place a transaction is built: with this registry's alert receivers, so
+        an alert commits with its delivery rows whoever writes it (fenced or not)."""
+        return UnitOfWork(self.db, actor or self.actor, self.alert_receivers, fence)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -7,6 +7,7 @@ append one event and one outbox row, commit. Any exception rolls everything back
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -14,18 +15,26 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from registry.audit import record_event
+from registry.audit import enqueue, record_event
 from registry.db import Database
 from registry.errors import DatabaseNotReady, NotFound, StaleRevision
 from registry.schema import Event, Track
 
+Fence = Callable[[Session], None]
+
 
 class UnitOfWork:
-    def __init__(self, db: Database, actor: str, alert_receivers: tuple[str, ...] = ()) -> None:
+    """Built only by `Registry.unit_of_work`, so that every transaction carries the alert
+    receivers (and, for a leader, its fence): none can drop them by being built elsewhere."""
+
+    def __init__(self, db: Database, actor: str, alert_receivers: tuple[str, ...] = (),
+                 fence: Fence | None = None) -> None:
         self.db = db
         self.actor = actor
         # webhook receivers (names) that every `alert` event written here is delivered to
         self.alert_receivers = alert_receivers
+        # checked first thing in the transaction (the leader lock: LeaderLock.fence)
+        self.fence = fence
         self.session: Session
         self.events: list[Event] = []
 
@@ -37,6 +46,13 @@ class UnitOfWork:
             self.session.close()
             raise DatabaseNotReady(f"cannot open the registry database: {exc.orig}",
                                    "check --db / XLT_DATABASE_URL and run `xlt init`") from exc
+        if self.fence is not None:
+            try:
+                self.fence(self.session)
+            except BaseException:
+                self.session.rollback()
+                self.session.close()
+                raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -69,9 +85,7 @@ class UnitOfWork:
                           after=after, reason=reason, payload=payload)
         self.events.append(ev)
         if action == "alert" and self.alert_receivers:
-            from registry.commands import alerts
-
-            alerts.enqueue(self.session, ev.id, self.alert_receivers)
+            enqueue(self.session, ev.id, self.alert_receivers)
         return ev
 
 

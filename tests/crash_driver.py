@@ -33,7 +33,8 @@ import torch
 from sqlalchemy import select
 from tqdm.std import tqdm as std_tqdm
 
-from controller import failpoints, live_ops
+from controller.loop import failpoints
+from controller.ops import live as live_ops
 from controller.policy import Policy, parse_policy
 from controller.training import pipeline
 from registry import migrate, queries

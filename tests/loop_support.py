@@ -7,13 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.clock import ManualClock
+from controller.demo.server import Server
 from controller.drift.simulator import Scenario, TrafficSimulator
-from controller.drift.store import read_window
-from controller.live_ops import LiveOperations
+from controller.loop.clock import ManualClock
+from controller.ops.live import LiveOperations
+from controller.ops.model_cache import ModelCache
 from controller.policy import Policy, parse_policy
-from controller.scheduler import Controller
-from controller.serving import ModelCache, Server
+from controller.runtime.scheduler import Controller
+from controller.traffic.log import read_window
 from registry.service import Registry
 from registry.settings import load_settings
 
@@ -89,7 +90,7 @@ class Drill:
         self.sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=0.5)
         ops = LiveOperations(self.reg, self.policy, models=models, clock=self.clock)
         self.controller = Controller(self.reg, self.policy, ops, clock=self.clock)
-        self.controller.reconciler.actor = actor
+        self.controller.loop.reconciler.actor = actor
 
     def serve_hour(self, hour: int) -> None:
         start = START + hour * HOUR

@@ -36,7 +36,7 @@ def make_lora_file(path: Path, base_dir: Path, fingerprint: str, seed: int, r: i
     `lexical`: the head carries a lexical half fitted on LEXICAL_TEXTS."""
     from peft import LoraConfig, get_peft_model
 
-    from controller.encoder import TextEncoder
+    from controller.encoders.text import TextEncoder
     from controller.training.artifact import save_adapter
     from controller.training.head import LinearHead
 

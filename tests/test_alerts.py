@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from controller.alerts.dispatcher import check_mirror_stuck, dispatch, post
-from controller.live_ops import LiveOperations
+from controller.ops.live import LiveOperations
 from controller.policy import parse_policy
-from controller.scheduler import Controller
+from controller.runtime.scheduler import Controller
 from registry import queries
 from registry.commands import alerts
 from registry.errors import InvalidInput

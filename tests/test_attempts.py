@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from controller import attempts
-from controller.clock import ManualClock
-from controller.live_ops import LiveOperations
-from controller.phase_status import PhaseStatus
+from controller.loop import attempts
+from controller.loop.clock import ManualClock
+from controller.loop.phase_status import PhaseStatus
+from controller.ops.live import LiveOperations
+from controller.ops.model_cache import ModelCache
 from controller.policy import parse_policy
-from controller.scheduler import Controller
-from controller.serving import ModelCache
+from controller.runtime.scheduler import Controller
 from controller.training.pipeline import train_adapter
 from registry import queries
 from registry.errors import InvalidTransition

@@ -93,7 +93,7 @@ def test_policy_withholds_text_and_drift_check(trained: Path, tmp_path: Path) ->
     from registry.service import Registry
 
     reg = Registry.open(home=trained)
-    from controller.drift.store import read_window
+    from controller.traffic.log import read_window
 
     window = read_window(reg, "emoji-group", "sw")
     assert len(window) >= 260 and window["text"].isna().sum() >= 260

@@ -26,7 +26,7 @@ from controller.drift.reference import (
 from controller.drift.signals import DriftThresholds
 from controller.drift.simulator import Scenario, TrafficSimulator
 from controller.drift.standins import KNNHead
-from controller.encoder import TextEncoder, demo_base_dir
+from controller.encoders.text import TextEncoder, demo_base_dir
 
 TASK = "emoji-group"
 TRACKS = ("en", "sw", "hi", "sr", "yo", "pa")
@@ -252,7 +252,7 @@ def test_real_minilm_embeddings_see_the_orthography_change() -> None:
     """Embedding signal alone, on all-MiniLM-L6-v2 (offline), short names only to stay cheap."""
     import torch
 
-    from controller.encoder import TextEncoder, demo_base_dir
+    from controller.encoders.text import TextEncoder, demo_base_dir
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a contended 2-core box one thread is ~3x faster
@@ -280,13 +280,8 @@ def test_events_reports_and_references_through_the_registry(world: World, regist
                                                              tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from controller.drift.store import (
-        RegistryReferenceStore,
-        check_from_registry,
-        frame_to_events,
-        log_events,
-        read_window,
-    )
+    from controller.drift.store import RegistryReferenceStore, check_from_registry
+    from controller.traffic.log import frame_to_events, log_events, read_window
     from registry.schema import DriftReport, ReferenceCache
 
     events = world.simulator.frame("sr", 400, Scenario("script_shift", final_share=1.0), seed=5)

@@ -1,4 +1,4 @@
-"""The sharper P(correct) map (controller.estimation_features): neighbours' agreement, the
+"""The sharper P(correct) map (controller.analysis.estimation_features): neighbours' agreement, the
 request features, and a logistic map that uses them. Its real-data figures (the share of
 windows within 3 points, beside the isotonic map) are in bench/estimation_bench.py."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controller import estimation_features
-from controller.estimation import fit_calibrator
-from controller.estimation_features import (
+from controller.analysis import estimation_features
+from controller.analysis.estimation import fit_calibrator
+from controller.analysis.estimation_features import (
     FEATURES,
     FeatureCalibrator,
     fit_feature_calibrator,

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from controller.canary_analysis import analyse
-from controller.data import cldr
-from controller.encoder import TextEncoder
-from controller.estimation import (
+from controller.analysis.canary import analyse
+from controller.analysis.estimation import (
     clustered_se,
     estimate_accuracy,
     fit_calibrator,
     share_within,
     wilson_upper,
 )
-from controller.gates import guard_verdict
-from controller.label_free import gather
+from controller.analysis.gates import guard_verdict
+from controller.analysis.label_free import gather
+from controller.data import cldr
+from controller.encoders.text import TextEncoder
 from controller.policy import CanaryPolicy, parse_policy
 from controller.training.embed import embed_sorted
 from controller.training.head import LinearHead, train_head
@@ -190,7 +190,7 @@ def test_cross_fitted_calibrator_holds_out_every_group_once() -> None:
     """Each group is scored by exactly one fold, and the calibration set is the out-of-fold
     rows plus the extra (dev) rows: a model that is right exactly when its confidence is
     above 0.5 gets a calibrator that says so."""
-    from controller.estimation import cross_fitted_calibrator
+    from controller.analysis.estimation import cross_fitted_calibrator
 
     groups = [f"e{i // 2}" for i in range(40)]  # 20 groups of 2 rows (name, keywords)
     conf = np.linspace(0.05, 0.95, 40)
@@ -214,7 +214,7 @@ def test_label_shift_weights_recover_a_known_shift() -> None:
     """BBSE/RLLS on a classifier that is right on 3 classes and confuses the last two
     evenly: weights come from the predicted labels only, recover q(y)/p(y) where the
     confusion matrix can be inverted, and a large ridge pulls them to "no shift"."""
-    from controller.estimation import label_shift_weights
+    from controller.analysis.estimation import label_shift_weights
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 4000)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.leader import LeaderLock
+from controller.runtime.leader import LeaderLock
 from registry.db import Database
 
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from controller.data import cldr
-from controller.encoder import mean_pool
 from controller.encoders.e5file import ENGINE_SOURCE, MODEL_FILE, package_file, read_e5_file
 from controller.encoders.me5 import me5_base_dir, read_provenance
 from controller.encoders.me5_tokenizer import build_normalizer
+from controller.encoders.text import mean_pool
 
 DRIVER = Path(__file__).parent / "fixtures" / "e5_driver.c"
 PREFIX = "query: "  # e5.c always prepends "query: " or "passage: "

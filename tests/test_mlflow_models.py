@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.live_ops import log_training_result
 from controller.mlflow_mirror import Mirror, drain, track_model_name
+from controller.ops.live import log_training_result
 from controller.serve.engine import Engine, Request
 from controller.training.distill import DistillConfig
 from controller.training.pipeline import train_adapter

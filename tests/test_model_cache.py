@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from controller.encoder import TextEncoder
-from controller.serving import ModelCache
+from controller.encoders.text import TextEncoder
+from controller.ops.model_cache import ModelCache
 from controller.training.artifact import load_adapter
 from tests.serve_support import TASK, register_lora
 

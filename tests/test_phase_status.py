@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from controller import attempts
-from controller.canary_analysis import ArmStats
-from controller.phase_status import Guard, PhaseStatus
+from controller.analysis.canary import ArmStats
+from controller.loop import attempts
+from controller.loop.phase_status import Guard, PhaseStatus
 from registry.errors import InvalidInput
 
 CANARY_DATA = {"last_check_at": 10.0, "cooldown_until": 50.0, "candidate": 3, "step": 1,
@@ -77,10 +77,10 @@ def test_a_phase_without_a_candidate_says_so() -> None:
 def test_a_track_with_malformed_phase_data_is_refused_alone(registry, tiny_model_dir) -> None:
     from sqlalchemy import select
 
-    from controller.clock import ManualClock
-    from controller.live_ops import LiveOperations
+    from controller.loop.clock import ManualClock
+    from controller.loop.reconciler import Reconciler
+    from controller.ops.live import LiveOperations
     from controller.policy import Policy
-    from controller.reconciler import Reconciler
     from registry.schema import Track
 
     now = 1_800_000_000.0

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.canary_analysis import analyse, two_proportion_p_value
-from controller.gates import evaluate_gates, paired_bootstrap_interval
+from controller.analysis.canary import analyse, two_proportion_p_value
+from controller.analysis.gates import evaluate_gates, paired_bootstrap_interval
 from controller.policy import CanaryPolicy, GatePolicy, load_policy, parse_policy
 from registry.errors import InvalidInput
 
@@ -65,9 +65,9 @@ def test_top_blocks_reaches_the_training_job_and_its_attempt_fingerprint() -> No
     import json
     from dataclasses import asdict
 
-    from controller.attempts import first_inputs
-    from controller.phase_status import PhaseStatus
-    from controller.reconciler import TrackState, training_params
+    from controller.loop.attempts import first_inputs
+    from controller.loop.phase_status import PhaseStatus
+    from controller.loop.reconciler import TrackState, training_params
 
     default, two = parse_policy(""), parse_policy("[training]\ntop_blocks = 2\n")
     assert default.training.top_blocks is None and two.training.top_blocks == 2

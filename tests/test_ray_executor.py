@@ -24,12 +24,12 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
 else:
     ray = pytest.importorskip("ray")
 
-from controller.clock import ManualClock  # noqa: E402
-from controller.live_ops import LiveOperations  # noqa: E402
+from controller.executors.ray import NAMESPACE, RayExecutor  # noqa: E402
+from controller.loop.clock import ManualClock  # noqa: E402
+from controller.loop.reconciler import Reconciler  # noqa: E402
+from controller.ops.live import LiveOperations  # noqa: E402
+from controller.ops.model_cache import ModelCache  # noqa: E402
 from controller.policy import Policy, parse_policy  # noqa: E402
-from controller.ray_executor import NAMESPACE, RayExecutor  # noqa: E402
-from controller.reconciler import Reconciler  # noqa: E402
-from controller.serving import ModelCache  # noqa: E402
 from registry import queries  # noqa: E402
 from registry.jobs import JobView  # noqa: E402
 from registry.schema import Job  # noqa: E402

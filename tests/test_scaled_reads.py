@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy import event, select
 
-from controller.clock import ManualClock
-from controller.live_ops import LiveOperations
+from controller.loop.clock import ManualClock
+from controller.loop.reconciler import Reconciler
+from controller.ops.live import LiveOperations
 from controller.policy import Policy
-from controller.reconciler import Reconciler
 from registry import queries
 from registry.schema import Track
 from registry.service import Registry

@@ -22,7 +22,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.serve.lora import MultiAdapterBase
 from controller.training.artifact import load_adapter
 from registry.errors import IncompatibleAdapter

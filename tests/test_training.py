@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training.artifact import load_adapter, read_adapter, save_adapter
 from controller.training.distill import DistillConfig, ParallelData, distill
 from controller.training.embed import embed_sorted

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from controller.analysis.estimation_features import FEATURES, FeatureCalibrator
+from controller.analysis.label_free import arm_estimate, gather
 from controller.data import cldr
-from controller.estimation_features import FEATURES, FeatureCalibrator
-from controller.label_free import arm_estimate, gather
-from controller.live_ops import LiveOperations
+from controller.ops.live import LiveOperations
 from controller.policy import parse_policy
 from controller.training.crossfit import (
     Fitted,
@@ -73,7 +73,7 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
     assert batches == [10] and again[:40] == labels and np.array_equal(p_again[:40], p)
     assert again[50:] == again[:5] and np.array_equal(p_again[50:], p_again[:5])
     # the same figures as scoring them afresh; the memo keeps its newest entries
-    monkeypatch.setattr("controller.label_free_scoring.CORRECTNESS_MEMO", 45)
+    monkeypatch.setattr("controller.ops.label_free_scoring.CORRECTNESS_MEMO", 45)
     fresh = LiveOperations(tiny_registry, parse_policy(""))
     labels_fresh, p_fresh = fresh.correctness(TASK, "sw", out["version"], more)
     assert labels_fresh == again[:50] and np.allclose(p_fresh, p_again[:50], atol=1e-5)
@@ -174,8 +174,8 @@ def test_bad_fold_counts_are_refused(tiny_registry) -> None:
 
 
 def test_calibration_folds_reach_the_training_job() -> None:
-    from controller.phase_status import PhaseStatus
-    from controller.reconciler import TrackState, training_params
+    from controller.loop.phase_status import PhaseStatus
+    from controller.loop.reconciler import TrackState, training_params
 
     t = TrackState("e", "sw", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")
     assert training_params(parse_policy(""), t, None)["calibration_folds"] == 0
@@ -204,7 +204,7 @@ def test_malformed_stored_maps_are_ignored(record) -> None:
 
 
 def test_record_round_trip() -> None:
-    from controller.estimation import fit_calibrator
+    from controller.analysis.estimation import fit_calibrator
 
     rng = np.random.default_rng(0)
     conf = rng.random(300)
@@ -235,8 +235,8 @@ def test_malformed_stored_feature_maps_are_ignored(features) -> None:
 
 
 def test_feature_map_record_round_trip() -> None:
-    from controller.estimation import fit_calibrator
-    from controller.estimation_features import fit_feature_calibrator
+    from controller.analysis.estimation import fit_calibrator
+    from controller.analysis.estimation_features import fit_feature_calibrator
 
     rng = np.random.default_rng(1)
     f = rng.normal(size=(400, len(FEATURES)))

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from controller import job_queue
-from controller.clock import ManualClock
-from controller.executors import InlineExecutor, SubprocessExecutor
-from controller.live_ops import LiveOperations
+from controller.executors import InlineExecutor, SubprocessExecutor, job_queue
+from controller.loop.clock import ManualClock
+from controller.loop.reconciler import Reconciler
+from controller.ops.live import LiveOperations
+from controller.ops.model_cache import ModelCache
 from controller.policy import parse_policy
-from controller.reconciler import Reconciler
-from controller.serving import ModelCache
 from registry import queries
 from registry.jobs import JobStatus, JobView
 from registry.schema import Job

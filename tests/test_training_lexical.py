@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
+from controller.ops.model_cache import ModelCache
 from controller.serve.backends import BatchedBackend, MergedBackend, PeftBackend
-from controller.serving import ModelCache
 from controller.training.artifact import load_adapter, read_adapter
 from controller.training.calibrate import fit_stack
 from controller.training.head import LinearHead
@@ -231,9 +231,9 @@ def test_no_lexical_ships_the_linear_head_alone(tiny_registry: Any) -> None:
 
 
 def test_the_policy_switch_reaches_the_training_job() -> None:
-    from controller.phase_status import PhaseStatus
+    from controller.loop.phase_status import PhaseStatus
+    from controller.loop.reconciler import TrackState, training_params
     from controller.policy import parse_policy
-    from controller.reconciler import TrackState, training_params
     from registry.errors import InvalidInput
 
     t = TrackState("e", "sw", "STEADY", PhaseStatus(), 1, 1, None, 0.0, base="me5-small@1")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from controller.data import cldr
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training.calibrate import shipped_head
 from controller.training.distill import DistillConfig
 from controller.training.head import LinearHead
@@ -55,7 +55,7 @@ def test_the_refit_half_reads_dev_and_the_honest_one_does_not(tiny_model_dir: Pa
 
 
 def test_a_refit_adapter_stores_the_dev_map_of_its_honest_half(tiny_registry: Any) -> None:
-    from controller.live_ops import LiveOperations
+    from controller.ops.live import LiveOperations
     from controller.policy import parse_policy
     from controller.training.crossfit import calibrator_from_record
     from controller.training.pipeline import train_adapter
@@ -87,5 +87,5 @@ def test_the_demo_keeps_dev_unseen() -> None:
     from controller.policy import parse_policy
 
     # the demo draws its traffic from the dev split: its adapters must not have read it
-    demo = Path(__file__).resolve().parents[1] / "controller" / "demo_policy.toml"
+    demo = Path(__file__).resolve().parents[1] / "controller" / "demo" / "policy.toml"
     assert parse_policy(demo.read_text()).training.lexical_refit is False

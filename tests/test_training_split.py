@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training import head_cache
 from controller.training.artifact import load_adapter, save_adapter
 from controller.training.distill import DistillConfig, ParallelData, distill, for_base

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training import head_cache
 from controller.training.distill import DistillConfig, ParallelData, distill
 from controller.training.embed import embed_sorted, tokenize_ids

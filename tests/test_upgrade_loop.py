@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import live_ops
-from controller.drift.store import read_window
+from controller.ops import live as live_ops
 from controller.policy import parse_policy
+from controller.traffic.log import read_window
 from controller.training import pipeline
 from registry import queries
 from registry.errors import IncompatibleAdapter

@@ -35,9 +35,9 @@ def controller() -> None:
 def controller_run(app: AppContext, policy_path: str | None, once: bool,
                    metrics_port: int | None, metrics_host: str | None) -> None:
     """Run the controller (APScheduler; leader-elected; SIGTERM stops it cleanly)."""
-    from controller.live_ops import LiveOperations
     from controller.mlflow_mirror.consumer import drain
-    from controller.scheduler import Controller
+    from controller.ops.live import LiveOperations
+    from controller.runtime.scheduler import Controller
 
     policy = load_policy(policy_path)
     reg = app.registry()
@@ -76,7 +76,7 @@ def _stamped(line: str) -> None:
 @pass_app
 def canary_resume(app: AppContext, task: str, language: str) -> None:
     """Continue a PAUSED canary at its current step, with a fresh analysis window."""
-    from controller.manual import resume_canary
+    from controller.loop.manual import resume_canary
 
     resume_canary(app.registry(), task, language, time.time())
     click.echo(f"canary of {task}/{language} resumed")

@@ -31,7 +31,7 @@ def events_ingest(app: AppContext, path: str, policy_path: str | None, all_or_no
 
     Exit status 2 when any row was rejected (the good rows are still stored unless
     --all-or-nothing)."""
-    from controller.events_ingest import ingest
+    from controller.traffic.ingest import ingest
 
     report = ingest(app.registry(), Path(path), load_policy(policy_path),
                     all_or_nothing=all_or_nothing)
@@ -66,7 +66,7 @@ def drift() -> None:
 def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
                 policy_path: str | None, html: str, as_json: bool) -> None:
     """Check each track's recent traffic against its reference; store the reports."""
-    from controller.live_ops import LiveOperations
+    from controller.ops.live import LiveOperations
 
     policy = load_policy(policy_path)
     reg = app.registry()

@@ -46,7 +46,7 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
           seed: int, base: str | None, continue_from: int | None, with_variants: bool,
           as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
-    from controller.live_ops import dataset_variants, log_training_result
+    from controller.ops.live import dataset_variants, log_training_result
     from controller.training.pipeline import train_adapter
 
     langs = [language] + (dataset_variants(language) if with_variants else [])

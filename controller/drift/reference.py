@@ -28,6 +28,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from controller.drift import descriptors as desc
+from controller.drift.window import stack_embeddings
 from controller.drift.signals import embedding_noise_scale
 
 FORMAT = "xlt-drift-reference/1"
@@ -219,8 +220,6 @@ def reference_from_events(task: str, language: str, key: str, events: pd.DataFra
     answered (their stored descriptors and base embeddings; the new champion's predictions
     on their text when the text was kept). After that retrain is promoted, the next checks
     compare the traffic with the traffic the champion was trained for, like with like."""
-    from controller.drift.check import stack_embeddings
-
     if events.empty:
         raise ValueError(f"no events in the traffic window {source}")
     descriptors = desc.from_records(events["descriptors"].tolist())

@@ -2,7 +2,7 @@
 
 `HashingEncoder` embeds text by hashing character 1-3-grams into a fixed number of signed
 buckets (feature hashing), L2-normalised, with the same `.embed(texts)` interface as
-`controller.encoder.TextEncoder`. It is script- and orthography-sensitive (an `ɔ` gives
+`controller.encoders.text.TextEncoder`. It is script- and orthography-sensitive (an `ɔ` gives
 other n-grams than an `ọ`), deterministic, and embeds thousands of texts a second on one
 core, where all-MiniLM-L6-v2 manages about a hundred on the shared 2-core machines.
 

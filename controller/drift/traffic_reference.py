@@ -9,12 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 from controller.drift.reference import Reference, reference_from_events, reference_key
-from controller.drift.store import drift_report_window, read_window, reference_count
+from controller.drift.store import drift_report_window, reference_count
+from controller.traffic.log import read_window
 
 
 def traffic_reference(ops: Any, task: str, language: str, base_fingerprint: str,
                       champion: int, report_id: int) -> Reference | None:
-    """`ops`: controller.live_ops.LiveOperations (registry, models, policy, reference store).
+    """`ops`: controller.ops.live.LiveOperations (registry, models, policy, reference store).
     None when the window is gone or too small to be a reference (the caller then uses the
     dataset reference)."""
     window = ops.reg.query(drift_report_window, report_id)

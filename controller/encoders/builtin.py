@@ -31,7 +31,7 @@ class Builtin:
 
 
 def _minilm() -> Path:
-    from controller.encoder import demo_base_dir
+    from controller.encoders.text import demo_base_dir
 
     return demo_base_dir()
 

@@ -6,7 +6,7 @@
 The directory holds a `BertModel` (config.json + model.safetensors, fp32 weights dequantised
 from Q4_0 exactly as e5.c does), the tokenizer (tokenizer.json, see me5_tokenizer), and
 `xlt_provenance.json` (source package, file sha256, licence). Mean pooling over the
-attention mask is what controller.encoder.TextEncoder does for every base; e5.c pools the
+attention mask is what controller.encoders.text.TextEncoder does for every base; e5.c pools the
 same way (all tokens of the text, <s> and </s> included).
 
 Architecture facts taken from e5.c: word + position + token-type(0) embeddings then

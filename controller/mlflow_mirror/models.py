@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.mlflow_mirror.connection import global_uri
+from controller.mlflow_mirror.experiments import ensure_experiment, find_run
 from controller.mlflow_mirror.naming import (
     VERSION_TAG,
     encoder_experiment_name,
@@ -64,13 +65,6 @@ def logging_into(tracking_uri: str, run_id: str) -> Iterator[None]:
         yield
 
 
-def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Any | None:
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    found = client.search_runs([experiment_id], filter_string=query, max_results=5,
-                               order_by=["attributes.start_time ASC"])
-    return found[0] if found else None
-
-
 def adapter_signature(labels: list[str]) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -94,8 +88,6 @@ def encoder_model(client: MlflowClient, tracking_uri: str, registry: Registry,
     """(run id, model URI) of a base encoder's MLflow model, logged once."""
     import mlflow
     import pandas as pd
-
-    from controller.mlflow_mirror.runs import ensure_experiment
 
     exp = ensure_experiment(client, tracking_uri, encoder_experiment_name(),
                             "Base encoders shared by every language's adapters: one run and "
@@ -125,8 +117,6 @@ def encoder_model(client: MlflowClient, tracking_uri: str, registry: Registry,
 def training_run(client: MlflowClient, tracking_uri: str, a: dict[str, Any]) -> str:
     """The run that trained adapter `a` (the newest training run tagged with its version
     and sha256), created by the mirror if training recorded none."""
-    from controller.mlflow_mirror.runs import ensure_experiment
-
     exp = ensure_experiment(client, tracking_uri, experiment_name(a["task"], a["language"]))
     tags = {"xlt.kind": "training", VERSION_TAG: str(a["version"]),
             "artifact_sha256": a["artifact_sha256"]}

@@ -34,7 +34,7 @@ def _texts(model_input: Any) -> list[str]:
 
 class XltModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from controller.encoder import TextEncoder
+        from controller.encoders.text import TextEncoder
         from controller.serve.lora import MultiAdapterBase
         from registry.errors import IncompatibleAdapter
 

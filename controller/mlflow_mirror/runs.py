@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.mlflow_mirror.connection import describe, fast_fail, open_client
+from controller.mlflow_mirror.experiments import ensure_experiment, find_run
+from controller.mlflow_mirror.models import adapter_model
 from controller.mlflow_mirror.naming import (
-    EXPERIMENT_KIND,
     MAX_TAG_VALUE,
     VERSION_TAG,
     experiment_name,
-    local_artifact_root,
     safe_key,
     tag_value,
 )
@@ -90,39 +90,6 @@ def _log_values(client: MlflowClient, run_id: str, params: Mapping[str, Any],
              for step, value in enumerate(_metric_steps(v) or [])]
     for i in range(0, max(len(plist), len(mlist)), 100):  # MLflow's per-request limits
         client.log_batch(run_id, metrics=mlist[i:i + 100], params=plist[i:i + 100])
-
-
-def experiment_description(name: str) -> str:
-    parts = name.split("/")
-    if len(parts) == 3:
-        return (f"Training, evaluation (gates) and drift runs of task {parts[1]} in language "
-                f"{parts[2]}, logged by xlt. Each training run holds the adapter version's "
-                f"MLflow model; the registered model xlt.{parts[1]}.{parts[2]} lists them.")
-    return f"Runs logged by xlt ({name})."
-
-
-def ensure_experiment(client: MlflowClient, tracking_uri: str, name: str,
-                      description: str | None = None) -> str:
-    """The experiment's id, created if missing, tagged for MLflow's classic ML view and
-    described (an experiment made by an older xlt gets the tags on first use)."""
-    from mlflow.exceptions import MlflowException
-
-    tags = {"managed_by": "xlt", **EXPERIMENT_KIND,
-            "mlflow.note.content": description or experiment_description(name)}
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        root = local_artifact_root(tracking_uri)
-        location = (root / safe_key(name).replace("/", "_")).as_uri() if root else None
-        try:
-            return client.create_experiment(name, artifact_location=location, tags=tags)
-        except MlflowException:  # created meanwhile by another process
-            found = client.get_experiment_by_name(name)
-            if found is None:
-                raise
-    for key, value in tags.items():
-        if found.tags.get(key) != value:
-            client.set_experiment_tag(found.experiment_id, key, value)
-    return str(found.experiment_id)
 
 
 def _start(client: MlflowClient, tracking_uri: str, task: str, language: str, run_name: str,
@@ -215,8 +182,6 @@ def _training_run(client: MlflowClient, tracking_uri: str, adapter: Any,
                   tags: dict[str, str]) -> str:
     """The adapter's training run: the one the mirror may have made already (it logs the
     model version's model there), else a new one. One run per adapter version."""
-    from controller.mlflow_mirror.models import find_run
-
     exp = ensure_experiment(client, tracking_uri, experiment_name(tags["task"],
                                                                   tags["language"]))
     run = find_run(client, exp, {k: tags[k] for k in ("xlt.kind", VERSION_TAG,
@@ -236,8 +201,6 @@ def _log_model(client: MlflowClient, tracking_uri: str, registry: Registry,
     """The adapter's MLflow model in its training run (the mirror would log it otherwise,
     at the first outbox drain; logging it here makes the run complete at once)."""
     from controller.mlflow_mirror import reads
-    from controller.mlflow_mirror.models import adapter_model
-
     view = registry.query(reads.adapter_view, int(_field(adapter, "id")))
     encoder = registry.query(reads.encoder_by_ref, view["base"])
     adapter_model(client, tracking_uri, registry, view, encoder)

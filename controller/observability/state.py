@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from controller.phase_status import PhaseStatus
+from controller.loop.phase_status import PhaseStatus
 from registry.commands import alerts
 from registry.schema import Adapter, DriftReport, Event, Job, OutboxMessage, Track, utcnow
 from registry.service import Registry

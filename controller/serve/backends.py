@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.serve.lora import MultiAdapterBase
 
 Key = tuple[str, str, int]  # task, language, version

@@ -164,7 +164,7 @@ class Engine:
 
     def _log(self, requests: Sequence[Request], results: list[list[Served] | XltError],
              embeddings: dict[tuple[int, int], np.ndarray], seconds: float) -> None:
-        from controller.drift.store import event_row
+        from controller.traffic.log import event_row
 
         served = [(ri, i, s) for ri, res in enumerate(results) if not isinstance(res, XltError)
                   for i, s in enumerate(res)]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from controller.encoder import TextEncoder, mean_pool
+from controller.encoders.text import TextEncoder, mean_pool
 from controller.training.artifact import head_from_tensors, read_adapter
 from controller.training.head import LinearHead
 from registry.errors import ArtifactError, IncompatibleAdapter

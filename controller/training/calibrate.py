@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training.evaluate import embed_texts
 from controller.training.head import LinearHead
 from controller.training.lexical import LexicalHead, fit_lexical

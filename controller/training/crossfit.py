@@ -1,7 +1,7 @@
 """Cross-fitted calibration of a trained adapter, for label-free judgement (CBPE).
 
 The controller estimates an adapter's accuracy on unlabelled traffic from its calibrated
-confidences (controller.estimation). Fitted on the dev split alone (~460 rows, ~230
+confidences (controller.analysis.estimation). Fitted on the dev split alone (~460 rows, ~230
 emoji), the confidence -> P(correct) map carries that split's luck into every estimate:
 measured with bench/estimation_bench.py (heads on me5-small@1 embeddings), 68-79% of
 windows within 3 points of the truth, against 84-92% when the map is fitted on
@@ -12,7 +12,7 @@ adapter at training time, when the data and the recipe are at hand, and returns 
 fitted maps; the pipeline stores them with the adapter's metrics (`calibrator`) and
 LiveOperations reads them instead of refitting on dev. Two maps come from the same rows:
 isotonic on the top-class confidence, and the sharper logistic map of
-controller.estimation_features (margin, entropy, agreement with the nearest training
+controller.analysis.estimation_features (margin, entropy, agreement with the nearest training
 rows), which needs each request's text at judgement time. Measured on real LoRA adapters
 in bench/calibration_bench.py: see README "Known limits".
 
@@ -36,15 +36,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from controller.encoder import TextEncoder
-from controller.estimation import Calibrator, fit_calibrator
-from controller.estimation_features import (
+from controller.analysis.estimation import Calibrator, fit_calibrator
+from controller.analysis.estimation_features import (
     FEATURES,
     FeatureCalibrator,
     fit_feature_calibrator,
     knn_agreement,
     request_features,
 )
+from controller.encoders.text import TextEncoder
 from controller.training.evaluate import embed_texts
 from controller.training.head import LinearHead
 from controller.training.state_cache import BaseStateCache
@@ -61,7 +61,7 @@ KNN_K = 10
 @dataclass(frozen=True)
 class Scored:
     """Calibration rows of one model: top-class confidence, correctness, and the sharper
-    map's features (controller.estimation_features.FEATURES), one row each."""
+    map's features (controller.analysis.estimation_features.FEATURES), one row each."""
 
     confidence: np.ndarray
     correct: np.ndarray

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from controller.encoder import TextEncoder, mean_pool
+from controller.encoders.text import TextEncoder, mean_pool
 from controller.training.embed import embed_sorted, pad_batch, tokenize_ids
 from controller.training.head import LinearHead
 from controller.training.split import pad_states, prefix_states, top_embeddings

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 
 
 def tokenize_ids(encoder: TextEncoder, texts: Sequence[str], max_length: int

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training.embed import embed_sorted, tokenize_ids
 from controller.training.head import LinearHead
 from controller.training.split import embed_from_states, frozen_prefix
@@ -139,7 +139,7 @@ def evaluate_split(encoder: TextEncoder, student: torch.nn.Module | None, head: 
         "source_accuracy_student": src_student,
         "transfer_gap": src_teacher - accuracy,
         "forgetting": src_teacher - src_student,
-        # the names the gates read (controller.gates): English accuracy through the
+        # the names the gates read (controller.analysis.gates): English accuracy through the
         # student, and the per-item vector in the split's fixed item order (by id)
         "english_accuracy": src_student if source_language == "en" else None,
         **served,

@@ -19,8 +19,8 @@ import pandas as pd
 from filelock import FileLock
 
 from controller.data import cldr
-from controller.encoder import TextEncoder
 from controller.encoders.me5 import cache_root
+from controller.encoders.text import TextEncoder
 from controller.training.embed import embed_sorted
 from controller.training.head import LinearHead, load_head, save_head, train_head
 from controller.training.state_cache import BaseStateCache

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from controller.data import cldr
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training.artifact import check_base, load_adapter, read_adapter, save_adapter
 from controller.training.calibrate import scaled_head, shipped_head
 from controller.training.crossfit import calibrator_record, cross_fitted, fit_maps, score_rows

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers.masking_utils import create_bidirectional_mask
 
-from controller.encoder import mean_pool
+from controller.encoders.text import mean_pool
 from controller.training.embed import pad_batch
 
 

@@ -25,7 +25,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-from controller.encoder import TextEncoder
+from controller.encoders.text import TextEncoder
 from controller.training.embed import embed_ids, tokenize_ids
 
 Ids = Sequence[int]

@@ -1,10 +1,10 @@
 """Alert deliveries: every `alert` event reaches each webhook receiver, at least once, and
 exactly once to a receiver that is up when it is sent.
 
-Rows are written in the same transaction as the alert event (UnitOfWork.event does it for
-the receivers its Registry knows), so an alert can never be committed without its
-deliveries; `catch_up` adds rows for alert events that were written without them (another
-process, a receiver added to the policy later). A dispatcher claims due rows with a lease,
+Rows are written in the same transaction as the alert event (UnitOfWork.event calls
+registry.audit.enqueue for the receivers its Registry knows), so an alert can never be
+committed without its deliveries; `catch_up` adds rows for alert events that were written
+without them (another process, a receiver added to the policy later). A dispatcher claims due rows with a lease,
 sends them outside any transaction, and marks each delivered after a 2xx or failed with an
 exponential backoff. A dispatcher that dies between sending and marking loses its lease;
 the row is sent again with the same idempotency key (the event id), so a receiver can
@@ -19,22 +19,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from registry.audit import DELIVERED, PENDING, enqueue
 from registry.schema import AlertDelivery, Event, utcnow
 
 if TYPE_CHECKING:
     from registry.uow import UnitOfWork
 
-PENDING, DELIVERED = "pending", "delivered"
 MAX_BACKOFF_S = 300.0
-
-
-def enqueue(session: Session, event_id: int, receivers: tuple[str, ...] | list[str]) -> int:
-    """Delivery rows for one alert event (inside the event's own transaction)."""
-    for name in dict.fromkeys(receivers):
-        session.add(AlertDelivery(event_id=event_id, receiver=name, status=PENDING,
-                                  attempts=0))
-    session.flush()
-    return len(set(receivers))
 
 
 def catch_up(uow: UnitOfWork, receivers: list[str], since: datetime) -> int:

@@ -4,14 +4,14 @@ Phases (tracks.phase) and what each tick does:
 
   STEADY      guard window after a promotion: roll back on regression; else, when a check
               is due, run the drift check and, on drift past the cooldown, start retraining
-  RETRAINING  watch the training job (never wait on it: controller.training_steps);
+  RETRAINING  watch the training job (never wait on it: controller.loop.training_steps);
               success -> GATING, failure -> retry or STEADY
   GATING      evaluate candidate and champion, record the gate report; pass -> CANARY step 1
               (or promote when there is no champion), fail -> reject -> STEADY
   CANARY      after each interval, analyse live traffic; pass -> next step or promote,
               fail -> abort past the failure limit, inconclusive -> PAUSED past its limit
   PAUSED      waits for `xlt canary resume` or `xlt canary abort`
-  (GATING, CANARY and PAUSED live in controller.rollout_steps.)
+  (GATING, CANARY and PAUSED live in controller.loop.rollout_steps.)
 
 Every transition is one registry transaction guarded by the revision read at the start of
 the step, so two replicas (or a restarted one) can never both apply it: the loser gets
@@ -27,18 +27,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from controller import attempts, failpoints
-from controller.attempt_steps import AttemptSteps
-from controller.clock import Clock
-from controller.executors import Executor, InlineExecutor
-from controller.gates import guard_verdict
-from controller.label_free import arm_estimate
-from controller.operations import Operations
-from controller.phase_status import Guard, PhaseStatus
+from controller.analysis.gates import guard_verdict
+from controller.analysis.label_free import arm_estimate
+from controller.executors.base import Executor
+from controller.executors.local import InlineExecutor
+from controller.loop import attempts, failpoints
+from controller.loop.attempt_steps import AttemptSteps
+from controller.loop.clock import Clock
+from controller.loop.operations import Operations
+from controller.loop.phase_status import Guard, PhaseStatus
+from controller.loop.rollout_steps import CANARY, PAUSED, STEADY, RolloutSteps
+from controller.loop.training_steps import TrainingSteps
+from controller.loop.upgrade_steps import RESTARTABLE, UpgradeSteps
 from controller.policy import Policy, TrackPolicy
-from controller.rollout_steps import CANARY, PAUSED, STEADY, RolloutSteps
-from controller.training_steps import TrainingSteps
-from controller.upgrading import RESTARTABLE, UpgradeSteps
 from registry.commands import deployment, records
 from registry.errors import StaleRevision, XltError
 from registry.service import Registry

@@ -26,13 +26,13 @@ from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.demo_loop import TASK, DemoScript, print_final, refuse, run_demo  # noqa: E402
-from controller.encoder import demo_base_dir  # noqa: E402
+from controller.demo.loop import TASK, DemoScript, print_final, refuse, run_demo  # noqa: E402
 from controller.encoders.builtin import builtin  # noqa: E402
+from controller.encoders.text import demo_base_dir  # noqa: E402
 from registry import queries  # noqa: E402
 from registry.service import Registry  # noqa: E402
 
-POLICY = Path(__file__).with_name("demo_policy.toml")
+POLICY = Path(__file__).with_name("policy.toml")
 DRIFT_FROM_HOUR = 8  # hi traffic moves to hi-Latn once the upgrade is through
 
 

@@ -125,7 +125,7 @@ class AttemptPlan:
         return {a.fingerprint for a in self.attempts}
 
 
-# -- reading the plan (controller.phase_status.PhaseStatus.attempts) ------------------------
+# -- reading the plan (controller.loop.phase_status.PhaseStatus.attempts) ------------------------
 def current(plan: AttemptPlan | None, base: str, champion: int | None
             ) -> AttemptPlan | None:
     """The plan of this (base, champion), or None when there is none or it is stale."""

@@ -1,4 +1,4 @@
-"""Gathering label-free evidence for a canary or guard window (controller.estimation has
+"""Gathering label-free evidence for a canary or guard window (controller.analysis.estimation has
 the method): each arm's CBPE estimate from its logged confidences, and, where the requests'
 text is kept, canary and champion re-scored on the same requests (agreement and a paired
 estimate). `judge` turns it into a verdict under the policy's allowed evidence."""
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controller.estimation import (
+from controller.analysis.estimation import (
     Estimate,
     Judgement,
     Paired,

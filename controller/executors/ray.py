@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from controller.executors import Poll, Progress
+from controller.executors.base import Poll, Progress, handle_poll
 from registry.jobs import JobView
 from registry.service import Registry
 
@@ -113,8 +113,6 @@ class RayExecutor:
     # -- poll ----------------------------------------------------------------------------
     def poll(self, job: JobView) -> Poll:
         if not (job.handle or "").startswith("ray:"):
-            from controller.executors import handle_poll
-
             return handle_poll(job.handle)
         ray = self._ray()
         from ray.exceptions import GetTimeoutError, RayActorError
@@ -167,7 +165,7 @@ def _train_remote(job_id: int, params: dict[str, Any], database_url: str,
                   shas: list[str]) -> tuple[dict[str, Any], bytes]:
     """In the Ray worker: a private artifact store with the blobs sent, the ordinary
     training pipeline against the registry database, the adapter's bytes back."""
-    from controller.live_ops import dataset_variants
+    from controller.data.cldr import dataset_variants
     from controller.training.pipeline import train_adapter
     from registry import queries
     from registry.settings import load_settings

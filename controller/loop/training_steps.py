@@ -5,8 +5,8 @@ Per track in RETRAINING (its phase data names the job): a queued job waits for a
 running one is polled through the executor (running: nothing to do; lost: queued again,
 or failed once its attempts are spent); a finished one moves the track to GATING or to a
 retry. After every track's step the launch pass (`dispatch_training`) launches queued
-jobs, fairly (controller.job_queue), up to the policy's slots, and records each handle.
-Mixed into controller.reconciler.Reconciler."""
+jobs, fairly (controller.executors.job_queue), up to the policy's slots, and records each handle.
+Mixed into controller.loop.reconciler.Reconciler."""
 
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, select
 
-from controller import failpoints, job_queue
-from controller.executors import Poll, Progress
-from controller.phase_status import PhaseStatus
+from controller.executors import job_queue
+from controller.executors.base import Poll, Progress
+from controller.loop import failpoints
+from controller.loop.phase_status import PhaseStatus
 from registry.commands import records
 from registry.errors import XltError
 from registry.jobs import JobStatus, JobView
 from registry.schema import Job, Track
 
 if TYPE_CHECKING:
-    from controller.reconciler import TrackState
+    from controller.loop.reconciler import TrackState
 
 log = logging.getLogger("xlt.controller")
 RETRAINING, GATING = "RETRAINING", "GATING"

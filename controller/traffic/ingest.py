@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.drift.store import event_row
 from controller.policy import Policy
+from controller.traffic.log import event_row
 from registry.errors import InvalidInput
 from registry.languages import canonical_language
 

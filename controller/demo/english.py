@@ -21,11 +21,11 @@ from controller.cli import quiet_libraries
 
 quiet_libraries()
 
-from controller.demo_loop import TASK, DemoScript, print_final, run_demo  # noqa: E402
-from controller.encoder import demo_base_dir  # noqa: E402
+from controller.demo.loop import TASK, DemoScript, print_final, run_demo  # noqa: E402
+from controller.encoders.text import demo_base_dir  # noqa: E402
 from registry.service import Registry  # noqa: E402
 
-POLICY = Path(__file__).with_name("demo_english_policy.toml")
+POLICY = Path(__file__).with_name("english_policy.toml")
 
 
 def hi_share(hour: int) -> float:

@@ -1,6 +1,6 @@
-"""What label-free judgement (controller.label_free) asks of the live models: labels and
+"""What label-free judgement (controller.analysis.label_free) asks of the live models: labels and
 confidences of an adapter on the requests' text, its isotonic confidence -> P(correct) map,
-and the sharper per-request P(correct) of controller.estimation_features. Each map is the
+and the sharper per-request P(correct) of controller.analysis.estimation_features. Each map is the
 one stored with the adapter at training time (controller.training.crossfit) where there is
 one, else fitted on the dev split of what the track serves, once per adapter version."""
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from controller.data import cldr
 from controller.data.cldr import dataset_variants
-from controller.serving import ModelCache
+from controller.ops.model_cache import ModelCache
 from registry import queries
 from registry.service import Registry
 
@@ -44,7 +44,7 @@ class LabelFreeScoring:
         `calibration_folds`, in `[training]` or per track; controller.training.crossfit),
         else fitted on the dev split of what the track serves (its language and
         variants)."""
-        from controller.estimation import fit_calibrator
+        from controller.analysis.estimation import fit_calibrator
         from controller.training.crossfit import calibrator_from_record
 
         key = (task, language, version)
@@ -64,7 +64,7 @@ class LabelFreeScoring:
                    k: int) -> Any:
         """knn_agreement against the adapter's training rows of its language, embedded by
         the adapter (as crossfit.score_rows fitted it); cached per adapter version."""
-        from controller.estimation_features import knn_agreement
+        from controller.analysis.estimation_features import knn_agreement
 
         key = (task, language, version)
         if key not in self._knn_refs:
@@ -98,7 +98,7 @@ class LabelFreeScoring:
         """Both maps of an adapter that stored none, from one pass over the dev split of
         what the track serves (crossfit.fit_maps, as training fits them); the isotonic one
         is kept unless `calibrator` already fitted it."""
-        from controller.estimation_features import request_features
+        from controller.analysis.estimation_features import request_features
         from controller.training.crossfit import KNN_K, Scored, fit_maps
 
         key = (task, language, version)
@@ -116,7 +116,7 @@ class LabelFreeScoring:
                          k: int) -> tuple[list[str], np.ndarray]:
         """Labels and the sharper map's features (estimation_features.FEATURES) of adapter
         `version` on `texts`."""
-        from controller.estimation_features import request_features
+        from controller.analysis.estimation_features import request_features
 
         labels, probs, emb = self.models.probabilities(task, language, version, texts)
         agree = self._agreement(task, language, version, emb, probs.argmax(1), k)
@@ -125,7 +125,7 @@ class LabelFreeScoring:
     def correctness(self, task: str, language: str, version: int,
                     texts: list[str]) -> tuple[list[str], Any] | None:
         """Labels and P(correct) per request by the sharper map
-        (controller.estimation_features), or None where the adapter has no feature map
+        (controller.analysis.estimation_features), or None where the adapter has no feature map
         (label_free then uses `predict` and the isotonic `calibrator`). Requests already
         scored by this adapter version in this process are not scored again."""
         fm = self.feature_map(task, language, version)

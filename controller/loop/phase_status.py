@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from controller.attempts import AttemptPlan
-from controller.canary_analysis import ArmStats
+from controller.analysis.canary import ArmStats
+from controller.loop.attempts import AttemptPlan
 from registry.errors import InvalidInput
 
 

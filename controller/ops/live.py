@@ -10,17 +10,18 @@ from typing import Any
 
 import pandas as pd
 
-from controller.clock import Clock, SystemClock
 from controller.data import cldr
 from controller.data.cldr import dataset_variants  # noqa: F401 (callers import it here)
 from controller.drift.check import check_language
 from controller.drift.reference import build_reference, get_or_build, reference_key
-from controller.drift.store import RegistryReferenceStore, read_window, record_result
+from controller.drift.store import RegistryReferenceStore, record_result
 from controller.drift.traffic_reference import traffic_reference
-from controller.label_free_scoring import LabelFreeScoring
-from controller.operations import DriftOutcome
+from controller.loop.clock import Clock, SystemClock
+from controller.loop.operations import DriftOutcome
+from controller.ops.label_free_scoring import LabelFreeScoring
+from controller.ops.model_cache import ModelCache
 from controller.policy import DriftPolicy, Policy
-from controller.serving import ModelCache
+from controller.traffic.log import read_window
 from controller.training.evaluate import evaluate_split
 from controller.training.pipeline import task_spec, train_adapter
 from registry import queries

@@ -1,6 +1,6 @@
 """What the reconciler asks of the rest of the controller. The reconciler decides; these
 do the work (drift checks, training, evaluation, reading live traffic). The real wiring is
-controller.live_ops.LiveOperations; the interface keeps the state machine readable."""
+controller.ops.live.LiveOperations; the interface keeps the state machine readable."""
 
 from __future__ import annotations
 

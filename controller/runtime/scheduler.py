@@ -3,7 +3,7 @@ leadership heartbeat on intervals; only the replica holding the leader lock acts
 (or SIGINT) stops it cleanly: no new ticks start, and the tick in flight finishes its
 current transaction.
 
-Leadership (controller.leader): the three jobs share one LeaderLock, which alone owns its
+Leadership (controller.runtime.leader): the three jobs share one LeaderLock, which alone owns its
 connection. The heartbeat re-takes a lost lock within about a second of the database
 answering again and then starts a tick at once; every step and every transaction of the
 tick is fenced by the lock, so a replica that lost it stops before another one acts. A
@@ -21,12 +21,17 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller.clock import Clock, SystemClock
 from controller.executors import make_executor
-from controller.leader import FencedUnitOfWork, LeaderLock, LostLeadership, is_database_error
-from controller.operations import Operations
+from controller.loop.clock import Clock, SystemClock
+from controller.loop.operations import Operations
+from controller.loop.reconciler import Reconciler, TrackState
 from controller.policy import Policy, TrackPolicy
-from controller.reconciler import Reconciler, TrackState
+from controller.runtime.leader import (
+    FencedUnitOfWork,
+    LeaderLock,
+    LostLeadership,
+    is_database_error,
+)
 from registry.service import Registry
 
 log = logging.getLogger("xlt.controller")
@@ -114,7 +119,7 @@ class Controller:
 
     def dispatch_alerts(self) -> Any:
         from controller.alerts.dispatcher import dispatch
-        from controller.owner import worker_id
+        from controller.executors.owner import worker_id
 
         if not self.leader.acquire():
             return None

@@ -61,7 +61,7 @@ class UpgradeSteps:
         return {(u.task, u.language): u for u in self.reg.query(queries.active_upgrades)}
 
     def start_upgrade_training(self, t: Any, now: float) -> str:
-        from controller.reconciler import RETRAINING, training_params
+        from controller.loop.reconciler import RETRAINING, training_params
 
         up: UpgradeState = t.upgrade
         data_languages = [t.language]

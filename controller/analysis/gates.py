@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.estimation import Estimate, normal_quantile
+from controller.analysis.estimation import Estimate, normal_quantile
 from controller.policy import CanaryPolicy, GatePolicy
 
 

@@ -18,13 +18,14 @@ from typing import NoReturn
 
 import click
 
-from controller.clock import ManualClock
+from controller.demo.server import Server
 from controller.drift.simulator import Scenario, TrafficSimulator
-from controller.live_ops import LiveOperations
+from controller.loop.clock import ManualClock
+from controller.loop.reconciler import request_retrain
+from controller.ops.live import LiveOperations
+from controller.ops.model_cache import ModelCache
 from controller.policy import Policy, load_policy
-from controller.reconciler import request_retrain
-from controller.scheduler import Controller
-from controller.serving import ModelCache, Server
+from controller.runtime.scheduler import Controller
 from registry.errors import XltError
 from registry.service import Registry
 

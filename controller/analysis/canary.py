@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from controller.policy import ALL_EVIDENCE, CanaryPolicy
 
 if TYPE_CHECKING:
-    from controller.label_free import LabelFreeEvidence
+    from controller.analysis.label_free import LabelFreeEvidence
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def analyse(canary_rows: list[dict[str, Any]], champion_rows: list[dict[str, Any
             label_free: LabelFreeEvidence | None = None) -> CanaryVerdict:
     """`champion_baseline`: the champion's figures from the previous step, used when the
     champion has no traffic of its own (a 100% step). `evidence`: what may decide (the
-    policy's, per language); `label_free`: controller.label_free's evidence, used when
+    policy's, per language); `label_free`: controller.analysis.label_free's evidence, used when
     labelled events are too few (or labels may not decide)."""
     can, champ = arm_stats(canary_rows), arm_stats(champion_rows)
     need = policy.min_feedback_events
@@ -82,7 +82,7 @@ def analyse(canary_rows: list[dict[str, Any]], champion_rows: list[dict[str, Any
                f" need {need} each")
         if label_free is None:
             return CanaryVerdict("inconclusive", can, champ, None, why, "none")
-        from controller.label_free import judge
+        from controller.analysis.label_free import judge
 
         j = judge(label_free, policy, evidence)
         return CanaryVerdict(j.verdict, can, champ, None, f"{why}; {j.reason}", j.evidence,

@@ -4,22 +4,22 @@ promote when there is no champion; fail -> reject, the next attempt or an alert)
 (after each interval, analyse live traffic with labels or the label-free estimate; pass ->
 next step or promote with a guard window, fail -> abort past the failure limit,
 inconclusive -> PAUSED past its limit) and PAUSED (waits for a person).
-Mixed into controller.reconciler.Reconciler."""
+Mixed into controller.loop.reconciler.Reconciler."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from controller import attempts
-from controller.canary_analysis import analyse
-from controller.gates import evaluate_gates
-from controller.label_free import gather
-from controller.phase_status import Guard, PhaseStatus
+from controller.analysis.canary import analyse
+from controller.analysis.gates import evaluate_gates
+from controller.analysis.label_free import gather
+from controller.loop import attempts
+from controller.loop.phase_status import Guard, PhaseStatus
 from registry.commands import deployment, records
 
 if TYPE_CHECKING:
+    from controller.loop.reconciler import TrackState
     from controller.policy import TrackPolicy
-    from controller.reconciler import TrackState
 
 STEADY, CANARY, PAUSED = "STEADY", "CANARY", "PAUSED"
 

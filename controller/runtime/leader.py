@@ -35,7 +35,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from registry.db import Database
+from registry.db import Database, db_unavailable
 from registry.uow import UnitOfWork
 
 LOCK_NAME = "xlt-controller"
@@ -236,18 +236,8 @@ class FencedUnitOfWork(UnitOfWork):
 
 
 def is_database_error(exc: BaseException) -> bool:
-    """The database went away (connection refused/reset, server shutting down, session
-    terminated), as opposed to a bug: reported once per outage, without a traceback."""
-    from sqlalchemy.exc import DBAPIError
-
-    from registry.errors import DatabaseNotReady
-
-    if isinstance(exc, DatabaseNotReady | LostLeadership):
-        return True
-    if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated) or type(exc.orig).__name__ in (
-            "OperationalError", "InterfaceError", "AdminShutdown", "CannotConnectNow")
-    return False
+    """A lost lock counts as the database going away; else as `registry.db` says."""
+    return isinstance(exc, LostLeadership) or db_unavailable(exc)
 
 
 def _reason(exc: BaseException) -> str:

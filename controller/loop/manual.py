@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.reconciler import CANARY, PAUSED, TrackState
+from controller.loop.reconciler import CANARY, PAUSED, TrackState
 from registry.service import Registry
 
 

@@ -1,18 +1,18 @@
-"""The reconciler's steps for training attempts: controller.attempts decides what the next
+"""The reconciler's steps for training attempts: controller.loop.attempts decides what the next
 attempt is (or that there is none); these methods read what it needs and write it down in
-the track's transaction. Mixed into controller.reconciler.Reconciler."""
+the track's transaction. Mixed into controller.loop.reconciler.Reconciler."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from controller import attempts
+from controller.loop import attempts
 from registry import queries
 from registry.commands import servability
 
 if TYPE_CHECKING:
-    from controller.reconciler import TrackState
+    from controller.loop.reconciler import TrackState
 
 
 class AttemptSteps:
