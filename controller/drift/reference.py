@@ -28,8 +28,8 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from controller.drift import descriptors as desc
-from controller.drift.window import stack_embeddings
 from controller.drift.signals import embedding_noise_scale
+from controller.drift.window import stack_embeddings
 
 FORMAT = "xlt-drift-reference/1"
 META_KEY = "xlt_reference"

@@ -4,11 +4,11 @@ exactly once to a receiver that is up when it is sent.
 Rows are written in the same transaction as the alert event (UnitOfWork.event calls
 registry.audit.enqueue for the receivers its Registry knows), so an alert can never be
 committed without its deliveries; `catch_up` adds rows for alert events that were written
-without them (another process, a receiver added to the policy later). A dispatcher claims due rows with a lease,
-sends them outside any transaction, and marks each delivered after a 2xx or failed with an
-exponential backoff. A dispatcher that dies between sending and marking loses its lease;
-the row is sent again with the same idempotency key (the event id), so a receiver can
-drop the repeat.
+without them (another process, a receiver added to the policy later). A dispatcher claims
+due rows with a lease, sends them outside any transaction, and marks each delivered after a
+2xx or failed with an exponential backoff. A dispatcher that dies between sending and
+marking loses its lease; the row is sent again with the same idempotency key (the event
+id), so a receiver can drop the repeat.
 """
 
 from __future__ import annotations
