@@ -65,8 +65,8 @@ from controller.analysis.estimation import fit_calibrator  # noqa: E402
 from controller.analysis.estimation_features import fit_feature_calibrator  # noqa: E402
 from controller.data import cldr  # noqa: E402
 from controller.encoders.builtin import builtin_dir_for_ref  # noqa: E402
-from controller.ops.live import LiveOperations  # noqa: E402
 from controller.policy import parse_policy  # noqa: E402
+from controller.runtime.bootstrap import build_operations
 from controller.training.crossfit import KNN_K  # noqa: E402
 from controller.training.pipeline import train_adapter  # noqa: E402
 from registry.errors import XltError  # noqa: E402
@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace, split: str, home: Path, languages: list[st
     reg.init()
     name, version = args.base.split("@", 1)
     reg.register_encoder(name, version, model_dir)
-    ops = LiveOperations(reg, parse_policy(""), device="cpu")
+    ops = build_operations(reg, parse_policy(""), device="cpu")
     for lang in languages:
         t0 = time.perf_counter()
         # without the lexical refit: the baseline map below is fitted on the adapter's

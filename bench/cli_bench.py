@@ -38,7 +38,7 @@ def setup(home: Path, adapters: int) -> None:
     """A registry with a tiny base and `adapters` adapter versions, v1 the champion."""
     sys.path.insert(0, str(ROOT))
     from registry.service import Registry
-    from tests.tiny import build_tiny_bert, write_adapter_file
+    from tests.support.tiny import build_tiny_bert, write_adapter_file
 
     reg = Registry.open(home=home, actor="bench")
     reg.init()

@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.data.cldr import load_manifest, load_split  # noqa: E402
-from controller.drift import descriptors as desc  # noqa: E402
 from controller.drift.check import check_many  # noqa: E402
 from controller.drift.reference import Reference, build_reference  # noqa: E402
 from controller.drift.simulator import (  # noqa: E402
@@ -43,6 +42,7 @@ from controller.drift.simulator import (  # noqa: E402
     TrafficSimulator,
 )
 from controller.drift.standins import CentroidHead, HashingEncoder  # noqa: E402
+from controller.traffic import descriptors as desc  # noqa: E402
 
 TASK = "emoji-group"
 

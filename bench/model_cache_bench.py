@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from controller.runtime.bootstrap import build_operations  # noqa: E402
 from registry.service import Registry  # noqa: E402
 from registry.settings import load_settings  # noqa: E402
 
@@ -59,7 +60,7 @@ def make_adapters(reg: Registry, model_dir: Path, tmp: Path, top_blocks: int) ->
     from controller.training.distill import for_base
     from controller.training.head import LinearHead
     from registry.commands.lookups import encoder_by_ref
-    from tests.serve_support import randomize_lora
+    from tests.support.serve_support import randomize_lora
 
     encoder = TextEncoder(model_dir, device="cpu")
     fp = reg.query(encoder_by_ref, "me5-small@1").fingerprint
@@ -110,7 +111,6 @@ def gate_runs(reg: Registry, memo: bool, runs: int) -> list[float]:
     with English, fairness on hi, the champion), each run in a fresh LiveOperations (a
     candidate's evaluation is cached per process; the memo outlives it in the model cache,
     as in the controller)."""
-    from controller.ops.live import LiveOperations
     from controller.ops.model_cache import ModelCache
     from controller.policy import Policy
 
@@ -119,7 +119,7 @@ def gate_runs(reg: Registry, memo: bool, runs: int) -> list[float]:
                                     "tracks": [{"task": TASK, "language": "hi"}]})
     seconds = []
     for _ in range(runs):
-        ops = LiveOperations(reg, policy, models=models)
+        ops = build_operations(reg, policy, models=models)
         began = time.perf_counter()
         ops.evaluate(TASK, "hi", 2)
         ops.fairness(TASK, "hi", 2, policy)

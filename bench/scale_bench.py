@@ -53,8 +53,8 @@ from sqlalchemy import create_engine, select, text  # noqa: E402
 
 from controller.loop.clock import ManualClock  # noqa: E402
 from controller.loop.reconciler import request_retrain  # noqa: E402
-from controller.ops.live import LiveOperations  # noqa: E402
 from controller.policy import Policy  # noqa: E402
+from controller.runtime.bootstrap import build_controller, build_operations  # noqa: E402
 from controller.runtime.scheduler import Controller  # noqa: E402
 from registry import migrate  # noqa: E402
 from registry.schema import Adapter, Track  # noqa: E402
@@ -160,8 +160,8 @@ def controller(reg: Registry, languages: list[str], executor: str, slots: int
                ) -> Controller:
     pol = policy(languages, executor, slots)
     clock = ManualClock(NOW + 60)
-    ops = LiveOperations(reg, pol, clock=clock)
-    ctl = Controller(reg, pol, ops, clock=clock, report=lambda line: None)
+    ops = build_operations(reg, pol, clock=clock)
+    ctl = build_controller(reg, pol, ops=ops, clock=clock, report=lambda line: None)
     return ctl
 
 
@@ -220,7 +220,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from tests.tiny import build_tiny_bert
+    from tests.support.tiny import build_tiny_bert
 
     out: dict[str, Any] = {"cores": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
     rows = []

@@ -59,7 +59,7 @@ def free_port() -> int:
 
 def base_dir(kind: str, tmp: Path) -> Path:
     if kind == "tiny":
-        from tests.tinymodel import make_tiny_bert
+        from tests.support.tinymodel import make_tiny_bert
 
         return make_tiny_bert(tmp / "tiny", hidden=64, layers=2)
     from controller.encoders.text import demo_base_dir
@@ -75,7 +75,7 @@ def make_adapters(reg: Registry, model_dir: Path, tmp: Path, languages: list[str
     from controller.encoders.text import TextEncoder
     from controller.training.artifact import save_adapter
     from controller.training.head import LinearHead
-    from tests.serve_support import randomize_lora
+    from tests.support.serve_support import randomize_lora
 
     encoder = TextEncoder(model_dir, device="cpu")
     fp = reg.query(encoder_by_ref, "bench@1").fingerprint

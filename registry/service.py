@@ -6,6 +6,7 @@ session. The controller and the CLI call only this class (and registry.routing).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -71,6 +72,16 @@ class Registry:
                 raise DatabaseNotReady(f"no xlt registry in {self.db.url}",
                                        "run `xlt init` first")
         migrate.require_current(self.db.url)
+
+    def bound(self, *, actor: str | None = None,
+              alert_receivers: tuple[str, ...] | None = None) -> Registry:
+        """This registry (same database and store) writing as `actor`, delivering alerts
+        to `alert_receivers`: a view for one writer, instead of changing a shared one."""
+        view = copy.copy(self)
+        view.actor = actor or self.actor
+        if alert_receivers is not None:
+            view.alert_receivers = tuple(alert_receivers)
+        return view
 
     # -- plumbing ----------------------------------------------------------------------
     def unit_of_work(self, actor: str | None = None, fence: Fence | None = None) -> UnitOfWork:

@@ -28,7 +28,7 @@ def _pg_url(dbname: str) -> str:
 
 
 def _admin():  # AUTOCOMMIT: CREATE/DROP DATABASE cannot run in a transaction
-    # pre-ping: a test may restart the server (tests/test_leader_faults_pg.py)
+    # pre-ping: a test may restart the server (tests/runtime/test_leader_faults_pg.py)
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
@@ -97,7 +97,7 @@ def registry(db_url: str, tmp_path: Path):
 def tiny_registry(registry, tmp_path: Path):
     """An initialised registry (SQLite and PostgreSQL) with a tiny random BERT as tiny@1,
     for training through the registry where model quality is not under test."""
-    from tests.tinymodel import make_tiny_bert
+    from tests.support.tinymodel import make_tiny_bert
 
     registry.init()
     registry.register_encoder("tiny", "1", make_tiny_bert(tmp_path / "tiny"))
@@ -106,7 +106,7 @@ def tiny_registry(registry, tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny import build_tiny_bert
+    from tests.support.tiny import build_tiny_bert
 
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
@@ -114,6 +114,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same architecture, one more vocabulary word: a different fingerprint."""
-    from tests.tiny import build_tiny_bert
+    from tests.support.tiny import build_tiny_bert
 
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-v2"), extra_words=["emoji"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from controller.analysis.estimation import (
     Estimate,
@@ -45,41 +45,52 @@ class LabelFreeEvidence:
         return self.champion.accuracy if self.champion is not None else None
 
 
+class Scoring(Protocol):
+    """What label-free judgement asks of the adapters it judges (the real one is
+    controller.ops.label_free_scoring, part of LiveOperations)."""
+
+    def predict(self, task: str, language: str, version: int,
+                texts: list[str]) -> tuple[list[str], Any]:
+        """Labels and top-class confidences of adapter `version` on `texts`."""
+
+    def calibrator(self, task: str, language: str, version: int) -> Any:
+        """The isotonic confidence -> P(correct) map of adapter `version`."""
+
+    def feature_map(self, task: str, language: str, version: int) -> Any:
+        """(FeatureCalibrator, k) of adapter `version`, or None when it has none."""
+
+    def correctness(self, task: str, language: str, version: int,
+                    texts: list[str]) -> tuple[list[str], Any] | None:
+        """Labels and P(correct) per text by the sharper map, or None without one."""
+
+
 def _labelled(rows: Sequence[dict[str, Any]]) -> int:
     return sum(1 for r in rows if r.get("feedback_label") is not None)
 
 
-def _sharper(ops: Any, task: str, language: str, versions: Sequence[int],
+def _sharper(ops: Scoring, task: str, language: str, versions: Sequence[int],
              texts: Sequence[Any], policy: CanaryPolicy) -> dict[int, Any] | None:
     """Per version, (labels, P(correct)) on `texts` by the sharper map; None unless the
     policy asks for it, every text is kept and every version has a feature map (two arms
     judged by different maps would compare the maps, not the models)."""
-    correctness = getattr(ops, "correctness", None)
-    if (policy.estimator != "features" or correctness is None or not texts
-            or any(t is None for t in texts)):
+    if policy.estimator != "features" or not texts or any(t is None for t in texts):
         return None
-    feature_map = getattr(ops, "feature_map", None)
-    if feature_map is not None and any(feature_map(task, language, v) is None
-                                       for v in versions):
+    if any(ops.feature_map(task, language, v) is None for v in versions):
         return None  # known before any request is scored
     out = {}
     for v in dict.fromkeys(versions):
-        scored = correctness(task, language, v, list(texts))
+        scored = ops.correctness(task, language, v, list(texts))
         if scored is None:
             return None
         out[v] = scored
     return out
 
 
-def gather(ops: Any, task: str, language: str, canary: int, champion: int | None,
+def gather(ops: Scoring, task: str, language: str, canary: int, champion: int | None,
            events: Sequence[dict[str, Any]], policy: CanaryPolicy,
            allowed: Sequence[str]) -> LabelFreeEvidence | None:
-    """None when labels suffice, label-free evidence is not allowed, or `ops` cannot
-    calibrate (an Operations without `calibrator`)."""
+    """None when labels suffice or label-free evidence is not allowed."""
     if champion is None or not ({"estimate", "agreement"} & set(allowed)):
-        return None
-    calibrator = getattr(ops, "calibrator", None)
-    if calibrator is None:
         return None
     can_rows = [e for e in events if e.get("adapter_version") == canary]
     champ_rows = [e for e in events if e.get("adapter_version") == champion]
@@ -99,15 +110,15 @@ def gather(ops: Any, task: str, language: str, canary: int, champion: int | None
             estimate_from_correctness(mine_c) if mine_c else None,
             estimate_from_correctness(mine_h) if mine_h else None,
             paired_from_correctness(lc, pc, lh, ph), "features")
-    cal_c, cal_h = calibrator(task, language, canary), calibrator(task, language, champion)
+    cal_c, cal_h = (ops.calibrator(task, language, canary),
+                    ops.calibrator(task, language, champion))
     est_c = estimate_accuracy(cal_c, [r["confidence"] for r in can_rows]) if can_rows else None
     est_h = (estimate_accuracy(cal_h, [r["confidence"] for r in champ_rows])
              if champ_rows else None)
     paired = None
-    predict = getattr(ops, "predict", None)
-    if predict is not None and texts and all(t is not None for t in texts):
-        lc, cc = predict(task, language, canary, texts)
-        lh, ch = predict(task, language, champion, texts)
+    if texts and all(t is not None for t in texts):
+        lc, cc = ops.predict(task, language, canary, texts)
+        lh, ch = ops.predict(task, language, champion, texts)
         paired = paired_estimate(lc, cc, lh, ch, cal_c, cal_h)
     return LabelFreeEvidence(est_c, est_h, paired)
 
@@ -139,22 +150,21 @@ def judge(evidence: LabelFreeEvidence, policy: CanaryPolicy,
                      f"need {need} requests", "none")
 
 
-def arm_estimate(ops: Any, task: str, language: str, version: int | None,
+def arm_estimate(ops: Scoring, task: str, language: str, version: int | None,
                  rows: Sequence[dict[str, Any]], policy: CanaryPolicy,
                  allowed: Sequence[str], estimator: str | None = None) -> Estimate | None:
     """CBPE estimate of one adapter on the events it served (the guard's label-free
-    evidence); None when labels suffice, estimates may not decide, or ops cannot calibrate.
+    evidence); None when labels suffice or estimates may not decide.
     By the sharper map where the policy asks for it and the requests' text is kept, unless
     `estimator` (the map of the guard's baseline) is "confidence"; a "features" baseline
     with rows whose text was not kept falls back to the isotonic map, about a point apart
     (README, "Known limits"), well inside the guard's drop."""
-    calibrator = getattr(ops, "calibrator", None)
-    if (version is None or calibrator is None or "estimate" not in allowed or not rows
+    if (version is None or "estimate" not in allowed or not rows
             or ("labels" in allowed and _labelled(rows) >= policy.min_feedback_events)):
         return None
     sharper = (None if estimator == "confidence" else
                _sharper(ops, task, language, [version], [r.get("text") for r in rows], policy))
     if sharper is not None:
         return estimate_from_correctness(sharper[version][1])
-    return estimate_accuracy(calibrator(task, language, version),
+    return estimate_accuracy(ops.calibrator(task, language, version),
                              [r["confidence"] for r in rows])

@@ -13,6 +13,7 @@ from controller.cli import cli
 from controller.cli.context import AppContext, load_policy, pass_app
 from controller.cli.options import lang_option, task_option
 from controller.cli.registry_cmds import canary
+from controller.runtime.bootstrap import build_controller, build_operations
 
 
 @cli.group()
@@ -36,8 +37,6 @@ def controller_run(app: AppContext, policy_path: str | None, once: bool,
                    metrics_port: int | None, metrics_host: str | None) -> None:
     """Run the controller (APScheduler; leader-elected; SIGTERM stops it cleanly)."""
     from controller.mlflow_mirror.consumer import drain
-    from controller.ops.live import LiveOperations
-    from controller.runtime.scheduler import Controller
 
     policy = load_policy(policy_path)
     reg = app.registry()
@@ -45,7 +44,7 @@ def controller_run(app: AppContext, policy_path: str | None, once: bool,
     # its per-run lines and "skipped: maximum number of running instances" (a slow tick
     # coalesces, by design) are noise
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    ctl = Controller(reg, policy, LiveOperations(reg, policy), policy_path=policy_path,
+    ctl = build_controller(reg, policy, ops=build_operations(reg, policy), policy_path=policy_path,
                      drain=drain, report=click.echo if once else _stamped,
                      actor=app.actor or "controller")
     port = metrics_port if metrics_port is not None else policy.metrics.port

@@ -10,6 +10,7 @@ from controller.cli import cli, fail
 from controller.cli.context import AppContext, load_policy, pass_app
 from controller.cli.options import json_option, lang_list
 from controller.cli.output import emit_json, emit_table
+from controller.runtime.bootstrap import build_operations
 
 
 @cli.group()
@@ -66,7 +67,6 @@ def drift() -> None:
 def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
                 policy_path: str | None, html: str, as_json: bool) -> None:
     """Check each track's recent traffic against its reference; store the reports."""
-    from controller.ops.live import LiveOperations
 
     policy = load_policy(policy_path)
     reg = app.registry()
@@ -75,7 +75,7 @@ def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
     if not tracks:
         fail("no tracks with a champion to check"
              + (f" among {', '.join(languages)}" if languages else ""), 2)
-    ops = LiveOperations(reg, policy, html=html)
+    ops = build_operations(reg, policy, html=html)
     rows = []
     for t in tracks:
         outcome = ops.check_drift(t["task"], t["language"],

@@ -22,10 +22,9 @@ from controller.demo.server import Server
 from controller.drift.simulator import Scenario, TrafficSimulator
 from controller.loop.clock import ManualClock
 from controller.loop.reconciler import request_retrain
-from controller.ops.live import LiveOperations
 from controller.ops.model_cache import ModelCache
 from controller.policy import Policy, load_policy
-from controller.runtime.scheduler import Controller
+from controller.runtime.bootstrap import build_controller, build_operations
 from registry.errors import XltError
 from registry.service import Registry
 
@@ -92,8 +91,8 @@ def run_hours(reg: Registry, policy: Policy, script: DemoScript) -> None:
     models = ModelCache(reg, "cpu")
     server = Server(reg, TASK, models=models)
     sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=FEEDBACK_RATE)
-    ops = LiveOperations(reg, policy, models=models, clock=clock)
-    controller = Controller(reg, policy, ops, clock=clock, drain=drain,
+    ops = build_operations(reg, policy, models=models, clock=clock)
+    controller = build_controller(reg, policy, ops=ops, clock=clock, drain=drain,
                             report=lambda line: None)
     for hour in range(script.hours):
         tick_began = time.monotonic()

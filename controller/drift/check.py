@@ -23,7 +23,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from controller.drift import descriptors as desc
 from controller.drift.projection import draw_projection, embed_in_html
 from controller.drift.reference import Reference
 from controller.drift.signals import (
@@ -38,6 +37,7 @@ from controller.drift.signals import (
     verdict,
 )
 from controller.drift.window import Window, window_from_events
+from controller.traffic import descriptors as desc
 
 HtmlMode = Literal["drifted", "always", "never"]
 

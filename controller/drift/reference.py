@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from controller.drift import descriptors as desc
 from controller.drift.signals import embedding_noise_scale
 from controller.drift.window import stack_embeddings
+from controller.traffic import descriptors as desc
 
 FORMAT = "xlt-drift-reference/1"
 META_KEY = "xlt_reference"

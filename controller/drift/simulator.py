@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from controller.drift import descriptors as desc
+from controller.traffic import descriptors as desc
 
 ScenarioKind = Literal["stable", "script_shift", "orthography", "label_mix"]
 SCRIPT_VARIANTS = {"sr": "sr-Latn", "hi": "hi-Latn", "pa": "pa-Arab"}

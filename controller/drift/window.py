@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from controller.drift import descriptors as desc
+from controller.traffic import descriptors as desc
 
 
 # -- the current window --------------------------------------------------------------------

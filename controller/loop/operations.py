@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from controller.analysis.label_free import Scoring
 from controller.policy import DriftPolicy, Policy
 
 
@@ -17,7 +18,9 @@ class DriftOutcome:
     drifted_signals: list[str] = field(default_factory=list)
 
 
-class Operations(Protocol):
+class Operations(Scoring, Protocol):
+    """Every capability the loop calls: these, and label-free scoring (Scoring)."""
+
     def check_drift(self, task: str, language: str, policy: DriftPolicy) -> DriftOutcome:
         """Run the drift check of one track and record its report in the registry."""
 
@@ -36,3 +39,7 @@ class Operations(Protocol):
                     until: float) -> list[dict[str, Any]]:
         """Inference events of the track in [since, until): adapter_version, prediction,
         confidence, feedback_label."""
+
+    def log_gates(self, task: str, language: str, version: int,
+                  evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> None:
+        """Record the gate evaluation for people (an MLflow run); never blocks the step."""

@@ -3,166 +3,151 @@
 promote when there is no champion; fail -> reject, the next attempt or an alert), CANARY
 (after each interval, analyse live traffic with labels or the label-free estimate; pass ->
 next step or promote with a guard window, fail -> abort past the failure limit,
-inconclusive -> PAUSED past its limit) and PAUSED (waits for a person).
-Mixed into controller.loop.reconciler.Reconciler."""
+inconclusive -> PAUSED past its limit) and PAUSED (waits for a person)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from controller.analysis.canary import analyse
+from controller.analysis.canary import CanaryVerdict, analyse
 from controller.analysis.gates import evaluate_gates
 from controller.analysis.label_free import gather
-from controller.loop import attempts
+from controller.loop import attempt_steps, attempts
+from controller.loop.context import StepContext
 from controller.loop.phase_status import Guard, PhaseStatus
+from controller.loop.state import Phase, TrackState
+from controller.policy import TrackPolicy
 from registry.commands import deployment, records
-
-if TYPE_CHECKING:
-    from controller.loop.reconciler import TrackState
-    from controller.policy import TrackPolicy
-
-STEADY, CANARY, PAUSED = "STEADY", "CANARY", "PAUSED"
+from registry.uow import UnitOfWork
 
 
-class RolloutSteps:
-    # provided by the Reconciler and its other steps
-    policy: Any
-    ops: Any
-    clock: Any
-    _guarded: Any
-    _phase: Any
-    _to_steady: Any
-    upgrade_job: Any
-    _after_failure: Any
-    _rejected: Any
+# -- GATING ------------------------------------------------------------------------
+def gating(ctx: StepContext, t: TrackState, tp: TrackPolicy) -> str:
+    version = t.status.on_trial()
+    candidate = ctx.ops.evaluate(t.task, t.language, version)
+    champion = (ctx.ops.evaluate(t.task, t.language, t.champion)
+                if t.champion is not None else None)
+    # floors as for the candidate's base: the upgrade's target, else the track's base
+    policy = ctx.policy.for_base(t.upgrade.to_base if t.on_upgrade else t.base)
+    fairness = ctx.ops.fairness(t.task, t.language, version, policy)
+    gates = evaluate_gates(candidate, champion, policy.gates, fairness)
+    report = [g.to_dict() for g in gates]
+    failed = [g.name for g in gates if not g.passed]
+    ctx.ops.log_gates(t.task, t.language, version, candidate, report)  # never blocks
+    # an upgrade candidate that fails leaves the track on its base (no attempt ladder)
+    plan = (attempt_steps.after_failure(ctx, t, version, "rejected", failed,
+                                        attempts.figures_of(report))
+            if failed and not t.on_upgrade else None)
+    with ctx.guarded(t) as uow:
+        records.record_gate_result(uow, t.task, t.language, version, report)
+        if failed:
+            reason = f"gates failed: {', '.join(failed)}"
+            deployment.reject(uow, t.task, t.language, version, reason)
+            note = (f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
+                    if t.on_upgrade else "")
+            if plan is not None:  # the next attempt differs; one alert once exhausted
+                return attempt_steps.rejected(ctx, uow, t, plan, reason, version)
+            ctx.to_steady(uow, t, reason, cooldown=True, expected=None,
+                          alert=f"candidate v{version} rejected: {reason}{note}",
+                          alert_kind="gates_failed")
+            return f"v{version} rejected ({', '.join(failed)}){note}"
+        deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
+        if t.champion is None:
+            deployment.promote(uow, t.task, t.language, version, t.revision,
+                               "first champion: gates passed")
+            ctx.to_steady(uow, t, "promoted", cooldown=False, expected=None)
+            return f"v{version} promoted (first champion)"
+        weight = ctx.policy.canary.steps[0]
+        deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
+                                "gates passed")
+        now = ctx.clock.now()
+        ctx.phase(uow, t, Phase.CANARY,
+                    t.status.but(step=0, step_started_at=now, last_analysis_at=now,
+                                 failures=0, inconclusive=0),
+                    f"canary at {weight:g}%", None)
+    return f"v{version} passed gates: canary at {weight:g}%"
 
-    # -- GATING ------------------------------------------------------------------------
-    def _gating(self, t: TrackState, tp: TrackPolicy) -> str:
-        version = t.status.on_trial()
-        candidate = self.ops.evaluate(t.task, t.language, version)
-        champion = (self.ops.evaluate(t.task, t.language, t.champion)
-                    if t.champion is not None else None)
-        # floors as for the candidate's base: the upgrade's target, else the track's base
-        policy = self.policy.for_base(t.upgrade.to_base if self.upgrade_job(t) else t.base)
-        fairness = self.ops.fairness(t.task, t.language, version, policy)
-        gates = evaluate_gates(candidate, champion, policy.gates, fairness)
-        report = [g.to_dict() for g in gates]
-        failed = [g.name for g in gates if not g.passed]
-        log_gates = getattr(self.ops, "log_gates", None)
-        if log_gates is not None:  # the MLflow evaluation run; never blocks the step
-            log_gates(t.task, t.language, version, candidate, report)
-        # an upgrade candidate that fails leaves the track on its base (no attempt ladder)
-        plan = (self._after_failure(t, version, "rejected", failed, attempts.figures_of(report))
-                if failed and not self.upgrade_job(t) else None)
-        with self._guarded(t) as uow:
-            records.record_gate_result(uow, t.task, t.language, version, report)
-            if failed:
-                reason = f"gates failed: {', '.join(failed)}"
-                deployment.reject(uow, t.task, t.language, version, reason)
-                note = (f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
-                        if self.upgrade_job(t) else "")
-                if plan is not None:  # the next attempt differs; one alert once exhausted
-                    return self._rejected(t, plan, uow, reason, version)
-                self._to_steady(t, reason, cooldown=True, expected=None, uow=uow,
-                                alert=f"candidate v{version} rejected: {reason}{note}",
-                                alert_kind="gates_failed")
-                return f"v{version} rejected ({', '.join(failed)}){note}"
-            deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
-            if t.champion is None:
-                deployment.promote(uow, t.task, t.language, version, t.revision,
-                                   "first champion: gates passed")
-                self._to_steady(t, "promoted", cooldown=False, expected=None, uow=uow)
-                return f"v{version} promoted (first champion)"
-            weight = self.policy.canary.steps[0]
-            deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
-                                    "gates passed")
-            now = self.clock.now()
-            self._phase(uow, t, CANARY,
-                        t.status.but(step=0, step_started_at=now, last_analysis_at=now,
-                                     failures=0, inconclusive=0),
-                        f"canary at {weight:g}%", None)
-        return f"v{version} passed gates: canary at {weight:g}%"
+# -- CANARY ------------------------------------------------------------------------
+def canary(ctx: StepContext, t: TrackState, tp: TrackPolicy) -> str:
+    st = t.status
+    version, step = st.on_trial(), st.step or 0
+    if t.canary != version:
+        # a person aborted or promoted it meanwhile: follow the registry
+        with ctx.guarded(t) as uow:
+            ctx.to_steady(uow, t, "canary ended outside the controller", cooldown=False,
+                          expected=t.revision)
+        return "canary ended by hand: STEADY"
+    now = ctx.clock.now()
+    if now - (st.last_analysis_at or 0) < ctx.policy.canary.interval_s:
+        return f"canary step {step + 1} at {t.canary_weight:g}%: waiting"
+    events = ctx.ops.live_events(t.task, t.language, st.step_started_at or 0, now)
+    allowed = ctx.policy.evidence_for(t.task, t.language)
+    verdict = analyse([e for e in events if e.get("adapter_version") == version],
+                      [e for e in events if e.get("adapter_version") == t.champion],
+                      ctx.policy.canary, st.champion_stats, allowed,
+                      gather(ctx.ops, t.task, t.language, version, t.champion, events,
+                             ctx.policy.canary, allowed))
+    st = st.but(last_analysis_at=now)
+    if verdict.champion.labelled >= ctx.policy.canary.min_feedback_events:
+        st = st.but(champion_stats=verdict.champion)  # the 100% step compares to it
+    failures = (st.failures or 0) + (verdict.verdict == "fail")
+    aborting = verdict.verdict == "fail" and failures > ctx.policy.canary.failure_limit
+    plan = (attempt_steps.after_failure(ctx, t, version, "aborted", ["canary"], {})
+            if aborting and not t.on_upgrade else None)
+    with ctx.guarded(t) as uow:
+        records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
+                                       verdict.metrics(), verdict.verdict)
+        if verdict.verdict == "pass":
+            return _canary_passed(ctx, uow, t, version, step, st, verdict, now)
+        if verdict.verdict == "fail":
+            st = st.but(failures=failures)
+            if aborting:
+                deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
+                note = (f"; upgrade to {t.upgrade.to_base} failed" if t.on_upgrade
+                        else "")
+                ctx.to_steady(uow, t, "canary aborted", cooldown=True, expected=None,
+                              alert=f"canary v{version} aborted: {verdict.reason}{note}",
+                              alert_kind="canary_aborted",
+                              **({"attempts": plan} if plan else {}))
+                return f"canary aborted: {verdict.reason}"
+            ctx.phase(uow, t, Phase.CANARY, st.but(step_started_at=now),
+                        f"canary analysis failed ({failures})", t.revision)
+            return f"canary analysis failed: {verdict.reason}"
+        st = st.but(inconclusive=(st.inconclusive or 0) + 1)
+        if (st.inconclusive or 0) > ctx.policy.canary.inconclusive_limit:
+            ctx.phase(uow, t, Phase.PAUSED, st, f"paused: {verdict.reason}", t.revision)
+            uow.event("alert", task=t.task, language=t.language,
+                      reason=f"canary v{version} paused: {verdict.reason}; "
+                             "run `xlt canary resume` or `xlt canary abort`",
+                      after={"kind": "canary_paused"})
+            return "canary paused (inconclusive)"
+        ctx.phase(uow, t, Phase.CANARY, st, f"inconclusive: {verdict.reason}", t.revision)
+        return f"canary inconclusive: {verdict.reason}"
 
-    # -- CANARY ------------------------------------------------------------------------
-    def _canary(self, t: TrackState, tp: TrackPolicy) -> str:
-        st = t.status
-        version, step = st.on_trial(), st.step or 0
-        if t.canary != version:
-            # a person aborted or promoted it meanwhile: follow the registry
-            self._to_steady(t, "canary ended outside the controller", cooldown=False,
-                            expected=t.revision)
-            return "canary ended by hand: STEADY"
-        now = self.clock.now()
-        if now - (st.last_analysis_at or 0) < self.policy.canary.interval_s:
-            return f"canary step {step + 1} at {t.canary_weight:g}%: waiting"
-        events = self.ops.live_events(t.task, t.language, st.step_started_at or 0, now)
-        allowed = self.policy.evidence_for(t.task, t.language)
-        verdict = analyse([e for e in events if e.get("adapter_version") == version],
-                          [e for e in events if e.get("adapter_version") == t.champion],
-                          self.policy.canary, st.champion_stats, allowed,
-                          gather(self.ops, t.task, t.language, version, t.champion, events,
-                                 self.policy.canary, allowed))
-        st = st.but(last_analysis_at=now)
-        if verdict.champion.labelled >= self.policy.canary.min_feedback_events:
-            st = st.but(champion_stats=verdict.champion)  # the 100% step compares to it
-        failures = (st.failures or 0) + (verdict.verdict == "fail")
-        aborting = verdict.verdict == "fail" and failures > self.policy.canary.failure_limit
-        plan = (self._after_failure(t, version, "aborted", ["canary"], {})
-                if aborting and not self.upgrade_job(t) else None)
-        with self._guarded(t) as uow:
-            records.record_canary_analysis(uow, t.task, t.language, step + 1, t.canary_weight,
-                                           verdict.metrics(), verdict.verdict)
-            if verdict.verdict == "pass":
-                return self._canary_passed(uow, t, version, step, st, verdict, now)
-            if verdict.verdict == "fail":
-                st = st.but(failures=failures)
-                if aborting:
-                    deployment.abort_canary(uow, t.task, t.language, t.revision, verdict.reason)
-                    note = (f"; upgrade to {t.upgrade.to_base} failed" if self.upgrade_job(t)
-                            else "")
-                    self._to_steady(t, "canary aborted", cooldown=True, expected=None, uow=uow,
-                                    alert=f"canary v{version} aborted: {verdict.reason}{note}",
-                                    alert_kind="canary_aborted",
-                                    **({"attempts": plan} if plan else {}))
-                    return f"canary aborted: {verdict.reason}"
-                self._phase(uow, t, CANARY, st.but(step_started_at=now),
-                            f"canary analysis failed ({failures})", t.revision)
-                return f"canary analysis failed: {verdict.reason}"
-            st = st.but(inconclusive=(st.inconclusive or 0) + 1)
-            if (st.inconclusive or 0) > self.policy.canary.inconclusive_limit:
-                self._phase(uow, t, PAUSED, st, f"paused: {verdict.reason}", t.revision)
-                uow.event("alert", task=t.task, language=t.language,
-                          reason=f"canary v{version} paused: {verdict.reason}; "
-                                 "run `xlt canary resume` or `xlt canary abort`",
-                          after={"kind": "canary_paused"})
-                return "canary paused (inconclusive)"
-            self._phase(uow, t, CANARY, st, f"inconclusive: {verdict.reason}", t.revision)
-            return f"canary inconclusive: {verdict.reason}"
+def _canary_passed(ctx: StepContext, uow: UnitOfWork, t: TrackState, version: int, step: int,
+                   st: PhaseStatus, verdict: CanaryVerdict, now: float) -> str:
+    steps = ctx.policy.canary.steps
+    if step + 1 < len(steps):
+        weight = steps[step + 1]
+        deployment.set_canary_weight(uow, t.task, t.language, weight, t.revision,
+                                     f"step {step + 1} passed")
+        ctx.phase(uow, t, Phase.CANARY, st.but(step=step + 1, step_started_at=now,
+                                           inconclusive=0), f"canary at {weight:g}%", None)
+        return f"canary step {step + 1} passed: weight {weight:g}%"
+    deployment.promote(uow, t.task, t.language, version, t.revision,
+                       f"canary passed all {len(steps)} steps")
+    baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
+                     if a is not None), 0.0)
+    estimator = (verdict.label_free or {}).get("estimator") if (
+        verdict.champion.accuracy is None) else None
+    guard = Guard(until=now + ctx.policy.guard_window_s, since=now, version=version,
+                  baseline_accuracy=float(baseline), baseline_estimator=estimator)
+    ctx.to_steady(uow, t, "promoted", cooldown=True, expected=None, guard=guard)
+    return f"v{version} promoted after {len(steps)} canary steps"
 
-    def _canary_passed(self, uow: Any, t: TrackState, version: int, step: int,
-                       st: PhaseStatus, verdict: Any, now: float) -> str:
-        steps = self.policy.canary.steps
-        if step + 1 < len(steps):
-            weight = steps[step + 1]
-            deployment.set_canary_weight(uow, t.task, t.language, weight, t.revision,
-                                         f"step {step + 1} passed")
-            self._phase(uow, t, CANARY, st.but(step=step + 1, step_started_at=now,
-                                               inconclusive=0), f"canary at {weight:g}%", None)
-            return f"canary step {step + 1} passed: weight {weight:g}%"
-        deployment.promote(uow, t.task, t.language, version, t.revision,
-                           f"canary passed all {len(steps)} steps")
-        baseline = next((a for a in (verdict.champion.accuracy, verdict.champion_estimate)
-                         if a is not None), 0.0)
-        estimator = (verdict.label_free or {}).get("estimator") if (
-            verdict.champion.accuracy is None) else None
-        guard = Guard(until=now + self.policy.guard_window_s, since=now, version=version,
-                      baseline_accuracy=float(baseline), baseline_estimator=estimator)
-        self._to_steady(t, "promoted", cooldown=True, expected=None, uow=uow, guard=guard)
-        return f"v{version} promoted after {len(steps)} canary steps"
-
-    # -- PAUSED ------------------------------------------------------------------------
-    def _paused(self, t: TrackState, tp: TrackPolicy) -> str:
-        if t.canary is None:
-            self._to_steady(t, "canary ended while paused", cooldown=False, expected=t.revision)
-            return "canary ended by hand: STEADY"
-        return "paused: waiting for `xlt canary resume` or `xlt canary abort`"
+# -- PAUSED ------------------------------------------------------------------------
+def paused(ctx: StepContext, t: TrackState, tp: TrackPolicy) -> str:
+    if t.canary is None:
+        with ctx.guarded(t) as uow:
+            ctx.to_steady(uow, t, "canary ended while paused", cooldown=False,
+                          expected=t.revision)
+        return "canary ended by hand: STEADY"
+    return "paused: waiting for `xlt canary resume` or `xlt canary abort`"

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.loop.context import StepContext
+from controller.loop.state import Phase, TrackState, training_params
 from registry import queries
 from registry.commands import deployment, records
 from registry.errors import XltError
+from registry.uow import UnitOfWork
 from registry.upgrades import UpgradeState, UpgradeStatus
 
 # from STEADY, these statuses (re)start the upgrade's training: a TRAINING or GATING one
@@ -24,77 +27,72 @@ from registry.upgrades import UpgradeState, UpgradeStatus
 RESTARTABLE = (UpgradeStatus.PENDING, UpgradeStatus.TRAINING, UpgradeStatus.GATING)
 
 
-class UpgradeSteps:
-    reg: Any
-    policy: Any
-    actor: str
-
-    def file_policy_upgrades(self, rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
-        """The policy's [upgrade]: request it for each controlled track not yet on the
-        base and never asked to move there (a failed upgrade is not retried by itself;
-        a person re-requests it with `xlt encoder upgrade`)."""
-        wanted = {(tp.task, tp.language): self.policy.upgrade_wanted(tp.task, tp.language)
-                  for tp in self.policy.tracks}
-        wanted = {k: v for k, v in wanted.items() if v and k in rows and rows[k]["base"] != v}
-        if not wanted:
-            return []
-        lines = []
-        for base in sorted(set(wanted.values())):
-            try:
-                asked = {(u.task, u.language) for u in self.reg.query(queries.upgrades, base)}
-            except XltError as exc:
-                lines.append(f"upgrade to {base}: refused: {exc}")
+def file_policy_upgrades(ctx: StepContext, rows: dict[tuple[str, str], dict[str, Any]]
+                         ) -> list[str]:
+    """The policy's [upgrade]: request it for each controlled track not yet on the base and
+    never asked to move there (a failed upgrade is not retried by itself; a person
+    re-requests it with `xlt encoder upgrade`)."""
+    wanted = {(tp.task, tp.language): ctx.policy.upgrade_wanted(tp.task, tp.language)
+              for tp in ctx.policy.tracks}
+    wanted = {k: v for k, v in wanted.items() if v and k in rows and rows[k]["base"] != v}
+    if not wanted:
+        return []
+    lines = []
+    for base in sorted(set(wanted.values())):
+        try:
+            asked = {(u.task, u.language) for u in ctx.reg.query(queries.upgrades, base)}
+        except XltError as exc:
+            lines.append(f"upgrade to {base}: refused: {exc}")
+            continue
+        for (task, language), want in sorted(wanted.items()):
+            if want != base or (task, language) in asked:
                 continue
-            for (task, language), want in sorted(wanted.items()):
-                if want != base or (task, language) in asked:
-                    continue
-                self.reg.actor = self.actor
-                try:
-                    self.reg.request_upgrade(base, task, [language],
-                                             f"policy: move {task}/{language} to {base}")
-                    lines.append(f"{task}/{language}: upgrade to {base} requested (policy)")
-                except XltError as exc:
-                    lines.append(f"{task}/{language}: upgrade to {base} refused: {exc}")
-        return lines
+            ctx.reg.actor = ctx.actor
+            try:
+                ctx.reg.request_upgrade(base, task, [language],
+                                        f"policy: move {task}/{language} to {base}")
+                lines.append(f"{task}/{language}: upgrade to {base} requested (policy)")
+            except XltError as exc:
+                lines.append(f"{task}/{language}: upgrade to {base} refused: {exc}")
+    return lines
 
-    def active_upgrades(self) -> dict[tuple[str, str], UpgradeState]:
-        return {(u.task, u.language): u for u in self.reg.query(queries.active_upgrades)}
 
-    def start_upgrade_training(self, t: Any, now: float) -> str:
-        from controller.loop.reconciler import RETRAINING, training_params
+def active_upgrades(ctx: StepContext) -> dict[tuple[str, str], UpgradeState]:
+    return {(u.task, u.language): u for u in ctx.reg.query(queries.active_upgrades)}
 
-        up: UpgradeState = t.upgrade
-        data_languages = [t.language]
-        if t.champion is not None:
-            row = self.reg.query(queries.show_adapter, t.task, t.language, t.champion)
-            data_languages = list(row["hyperparams"].get("data_languages") or data_languages)
-        params = training_params(self.policy, t, None, {
-            "base": up.to_base, "continue_from": None, "upgrade_id": up.id,
-            "data_languages": data_languages})
-        reason = f"upgrade to {up.to_base}: train a candidate on it"
-        with self._guarded(t) as uow:  # type: ignore[attr-defined]
-            job = records.create_job(uow, "train", params, self.policy.executor, t.task,
-                                     t.language)
-            status = t.status.steady(job_id=job.id, attempt=1, last_check_at=now,
-                                     upgrade_id=up.id)
-            deployment.set_phase(uow, t.task, t.language, RETRAINING, status.to_dict(),
-                                 t.revision, reason)
-            deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.TRAINING,
-                                       None, f"training job {job.id}")
-        return f"{reason} (job {job.id})"
 
-    @staticmethod
-    def upgrade_job(t: Any) -> bool:
-        """Whether the track's current training job is its active upgrade's."""
-        return t.upgrade is not None and t.status.upgrade_id == t.upgrade.id
+def start_upgrade_training(ctx: StepContext, t: TrackState, now: float) -> str:
+    up = t.upgrade
+    assert up is not None, "start_upgrade_training needs an active upgrade"
+    data_languages = [t.language]
+    if t.champion is not None:
+        row = ctx.reg.query(queries.show_adapter, t.task, t.language, t.champion)
+        data_languages = list(row["hyperparams"].get("data_languages") or data_languages)
+    params = training_params(ctx.policy, t, None, {
+        "base": up.to_base, "continue_from": None, "upgrade_id": up.id,
+        "data_languages": data_languages})
+    reason = f"upgrade to {up.to_base}: train a candidate on it"
+    with ctx.guarded(t) as uow:
+        job = records.create_job(uow, "train", params, ctx.policy.executor, t.task,
+                                 t.language)
+        status = t.status.steady(job_id=job.id, attempt=1, last_check_at=now,
+                                 upgrade_id=up.id)
+        ctx.phase(uow, t, Phase.RETRAINING, status, reason, t.revision)
+        deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.TRAINING,
+                                   None, f"training job {job.id}")
+    return f"{reason} (job {job.id})"
 
-    def upgrade_trained(self, uow: Any, t: Any, version: int) -> None:
-        if self.upgrade_job(t):
-            deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.GATING, version,
-                                       f"candidate v{version} on {t.upgrade.to_base}")
 
-    def upgrade_failed(self, uow: Any, t: Any, reason: str) -> str:
-        if not self.upgrade_job(t):
-            return ""
-        deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.FAILED, None, reason)
-        return f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
+def upgrade_trained(uow: UnitOfWork, t: TrackState, version: int) -> None:
+    if t.on_upgrade:
+        assert t.upgrade is not None
+        deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.GATING, version,
+                                   f"candidate v{version} on {t.upgrade.to_base}")
+
+
+def upgrade_failed(uow: UnitOfWork, t: TrackState, reason: str) -> str:
+    if not t.on_upgrade:
+        return ""
+    assert t.upgrade is not None
+    deployment.advance_upgrade(uow, t.task, t.language, UpgradeStatus.FAILED, None, reason)
+    return f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"

@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from controller.loop.phase_status import PhaseStatus
+from controller.loop.state import Phase
 from registry.commands import alerts
 from registry.schema import Adapter, DriftReport, Event, Job, OutboxMessage, Track, utcnow
 from registry.service import Registry
 
-PHASES = ("STEADY", "RETRAINING", "GATING", "CANARY", "PAUSED")
+PHASES = tuple(Phase)
 # training duration buckets (seconds): tiny test models take seconds, real ones minutes
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0,
                     float("inf"))
@@ -105,7 +106,7 @@ def read_snapshot(registry: Registry) -> Snapshot:
             canary = adapters.get(t.canary_id) if t.canary_id else None
             accuracy = (champ[1] or {}).get("accuracy") if champ else None
             step = (PhaseStatus.from_dict(t.phase_data, strict=False).step
-                    if t.phase in ("CANARY", "PAUSED") else None)
+                    if t.phase in (Phase.CANARY, Phase.PAUSED) else None)
             snap.tracks.append(TrackRow(
                 t.task, t.language, t.phase, champ[0] if champ else None,
                 canary[0] if canary else None, float(t.canary_weight or 0.0),

@@ -36,7 +36,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from registry.db import Database, db_unavailable
-from registry.uow import UnitOfWork
 
 LOCK_NAME = "xlt-controller"
 CONNECT_TIMEOUT_S = 3  # a down server must not stall the heartbeat for long
@@ -215,24 +214,6 @@ class LeaderLock:
                     self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
                 self._close()
             self._pid = None
-
-
-class FencedUnitOfWork(UnitOfWork):
-    """A registry transaction that first checks the leader lock (see LeaderLock.fence)."""
-
-    def __init__(self, db: Database, actor: str, fence: Callable[[Session], None]) -> None:
-        super().__init__(db, actor)
-        self._fence = fence
-
-    def __enter__(self) -> FencedUnitOfWork:
-        super().__enter__()
-        try:
-            self._fence(self.session)
-        except BaseException:
-            self.session.rollback()
-            self.session.close()
-            raise
-        return self
 
 
 def is_database_error(exc: BaseException) -> bool:

@@ -21,13 +21,12 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller.executors import make_executor
-from controller.loop.clock import Clock, SystemClock
+from controller.executors.base import Executor
+from controller.loop.clock import Clock
 from controller.loop.operations import Operations
 from controller.loop.reconciler import Reconciler, TrackState
 from controller.policy import Policy, TrackPolicy
 from controller.runtime.leader import (
-    FencedUnitOfWork,
     LeaderLock,
     LostLeadership,
     is_database_error,
@@ -41,10 +40,12 @@ ENSURE_EVERY_S = 0.1  # how often a tick re-checks the lock between its tracks' 
 
 class FencedReconciler(Reconciler):
     """The reconciler, acting only while `leader` holds the lock: checked before each
-    track's step and inside each of its transactions."""
+    track's step, and inside each of its transactions by the context's fence."""
 
-    def __init__(self, *args: Any, leader: LeaderLock, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, registry: Registry, policy: Policy, ops: Operations, clock: Clock,
+                 *, leader: LeaderLock, executor: Executor, actor: str = "controller") -> None:
+        super().__init__(registry, policy, ops, clock, executor, actor=actor,
+                         fence=leader.fence)
         self.leader = leader
         self._ensured_at = -1.0
 
@@ -61,31 +62,24 @@ class FencedReconciler(Reconciler):
         self.leader.ensure()
         return super().dispatch_training()
 
-    def _uow(self) -> Any:
-        self.reg.actor = self.actor
-        return FencedUnitOfWork(self.reg.db, self.actor, self.leader.fence)
-
 
 class Controller:
-    def __init__(self, registry: Registry, policy: Policy, ops: Operations,
-                 policy_path: str | None = None, clock: Clock | None = None,
-                 drain: Callable[[Registry], Any] | None = None,
-                 report: Callable[[str], None] = log.info, actor: str = "controller") -> None:
+    """The process around the loop: the leader lock, the tick, the outbox drain and the
+    alert dispatcher on their intervals. Built by controller.runtime.bootstrap, which wires
+    its parts; it builds none itself."""
+
+    def __init__(self, registry: Registry, policy: Policy, reconciler: FencedReconciler,
+                 leader: LeaderLock, drain: Callable[[Registry], Any] | None = None,
+                 report: Callable[[str], None] = log.info) -> None:
         self.registry = registry
         self.policy = policy
         self.report = report
-        self.leader = LeaderLock(registry.db, registry.settings.home, report=report)
-        self.reconciler = FencedReconciler(
-            registry, policy, ops, clock or SystemClock(), actor=actor,
-            executor=make_executor(policy.executor, registry, policy_path, ops.train, policy),
-            leader=self.leader)
+        self.leader = leader
+        self.reconciler = reconciler
         self.drain_outbox = drain
         self._stop = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
         self._term = 0  # leadership term seen by the heartbeat
-        # observability (controller.observability, controller.alerts): every alert event
-        # written through this registry gets a delivery row per policy webhook
-        registry.alert_receivers = policy.alerts.receivers
         self.metrics: Any = None  # a ControllerMetrics, set by serve_metrics()
 
     def tick(self) -> list[str]:

@@ -14,6 +14,7 @@ import socket
 
 from controller.executors.base import run_claimed, wait_until_claimed
 from controller.policy import load_policy
+from controller.runtime.bootstrap import build_operations
 from registry.service import Registry
 
 log = logging.getLogger("xlt.worker")
@@ -31,9 +32,8 @@ def main() -> None:
     job = wait_until_claimed(reg, args.job_id, f"pid:{socket.gethostname()}:{os.getpid()}")
     if job is None:
         raise SystemExit(f"job {args.job_id} is not launched as this process; nothing to do")
-    from controller.ops.live import LiveOperations
 
-    run_claimed(reg, job, LiveOperations(reg, policy).train, args.device)
+    run_claimed(reg, job, build_operations(reg, policy).train, args.device)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.drift import descriptors as desc
+from controller.traffic import descriptors as desc
 from registry.languages import canonical_language
 from registry.schema import InferenceEvent
 
