@@ -274,7 +274,7 @@ class TrackPolicy(Strict):
     evidence: list[Evidence] | None = None  # which evidence may decide its canary/guard
     # [training] calibration_folds for this track alone: a language judged without labels
     # gets cross-fitted maps (within 3 points in 96-98% of windows against 90-92% from dev;
-    # README "Known limits") without every language paying for the folds
+    # docs/limits.md) without every language paying for the folds
     calibration_folds: int | None = Field(None, ge=0)
 
     @field_validator("calibration_folds")
@@ -402,7 +402,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(_describe(exc, source), "fix that field (see README, Policy)") from exc
+        raise InvalidInput(_describe(exc, source), "fix that field (see docs/policy.md)") from exc
 
 
 def load_policy(path: str | Path | None) -> Policy:

@@ -158,7 +158,7 @@ def arm_estimate(ops: Scoring, task: str, language: str, version: int | None,
     By the sharper map where the policy asks for it and the requests' text is kept, unless
     `estimator` (the map of the guard's baseline) is "confidence"; a "features" baseline
     with rows whose text was not kept falls back to the isotonic map, about a point apart
-    (README, "Known limits"), well inside the guard's drop."""
+    (bench/results/label-free.md), well inside the guard's drop."""
     if (version is None or "estimate" not in allowed or not rows
             or ("labels" in allowed and _labelled(rows) >= policy.min_feedback_events)):
         return None

@@ -158,6 +158,8 @@ def print_final(reg: Registry, task: str, home: Path, seconds: float,
     click.echo(f"\ndone in {seconds:.0f} s. Look next (XLT_HOME={home}):")
     for cmd, what in hints:
         click.echo(f"  {cmd.ljust(width)}  {what}")
+    click.echo("\nRead next: docs/demo.md (this story in full), docs/cli.md (every command), "
+               "docs/policy.md (every policy field), docs/architecture.md (the parts).")
 
 
 def run_demo(policy_path: Path, script: DemoScript, register_bases: Callable[[Registry], str],

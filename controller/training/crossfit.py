@@ -14,7 +14,7 @@ LiveOperations reads them instead of refitting on dev. Two maps come from the sa
 isotonic on the top-class confidence, and the sharper logistic map of
 controller.analysis.estimation_features (margin, entropy, agreement with the nearest training
 rows), which needs each request's text at judgement time. Measured on real LoRA adapters
-in bench/calibration_bench.py: see README "Known limits".
+in bench/calibration_bench.py: see bench/results/label-free.md.
 
 It costs `folds` more trainings per adapter, so it is opt-in (policy `[training]
 calibration_folds`, or per `[[tracks]]`; `xlt train --calibration-folds K`). A fold is held

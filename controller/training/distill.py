@@ -109,7 +109,7 @@ class DistillConfig:
 
 
 DEEP_TOP_BLOCKS = 6  # blocks a deep base adapts (LoRA); everything below is cached
-# the deep-base recipe (measured on sw, yo, am; README "Known limits"): distillation
+# the deep-base recipe (measured on sw, yo, am; bench/results/training.md): distillation
 # plus the target language's own labels, the English self pairs labelled too, three
 # epochs, a lexical half beside the head (bench/ceiling_bench.py: +3 to +6 points on sw,
 # yo and am), calibrated on dev
@@ -127,7 +127,7 @@ def for_base(model_config: Any, top_blocks: int | None = None, **overrides: Any
     many as it has, or more, adapts them all); shallow bases ignore it, so one policy can
     hold first champions on MiniLM and an upgrade to a deep base.
 
-    Why six blocks and three epochs (2 CPU cores, two seeds, README "Known limits"): on
+    Why six blocks and three epochs (2 CPU cores, two seeds, bench/results/training.md): on
     top of two blocks for four epochs (25-40 s a language) they add 3 points on yo and am
     (0.701 -> 0.730, 0.700 -> 0.726, mean of seeds 0 and 1) and none on sw, in 60-70 s.
     Eight blocks for two epochs lost on all three; what moved the top blocks further

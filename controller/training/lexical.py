@@ -4,7 +4,7 @@ text, read by a multinomial logistic regression trained on the language's own la
 adapter's linear head reads the student's pooled embedding (the deep half); serving adds
 the two logit vectors.
 
-Why (bench/ceiling_bench.py, me5-small@1, README "Known limits"): a student trained with
+Why (bench/ceiling_bench.py, me5-small@1, bench/results/training.md): a student trained with
 the target labels fits its training texts (0.95-0.98) but reaches only 0.68-0.77 on unseen
 emoji; a model that reads nothing but the language's own n-grams gets sw 0.74, yo 0.72,
 am 0.74 on the same test split, and the two are right on different items (one of them is

@@ -131,6 +131,28 @@ def test_delivery_rows_commit_with_the_alert_and_retry_until_acknowledged(
     assert len(receiver.received) == 2
 
 
+def test_the_fenced_tick_commits_delivery_rows_with_the_alert_before_any_dispatch(
+        db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Under `xlt controller run` every write is fenced by the leader lock; the alert's
+    delivery rows must commit in its own transaction there too, not come later from the
+    dispatcher's catch-up (which looks back only `catch_up_s`)."""
+    receiver = Receiver()
+    regressing_track(db_url, tmp_path / "home", tiny_model_dir)
+    policy = parse_policy(alert_policy(receiver), "test policy")
+    reg = open_registry(db_url, tmp_path / "home", "someone")  # no receivers of its own
+    ctl = build_controller(reg, policy, ops=build_operations(reg, policy))
+    try:
+        lines = ctl.tick()  # the fenced reconciler alone: no drain, no dispatch
+    finally:
+        ctl.leader.release()
+    assert any("rolled back" in line for line in lines), lines
+    with reg.reading() as s:
+        (event,) = s.scalars(select(Event).where(Event.action == "alert")).all()
+        rows = s.scalars(select(AlertDelivery).where(AlertDelivery.event_id == event.id)).all()
+    assert sorted(r.receiver for r in rows) == ["chat", "oncall"]
+    assert reg.alert_receivers == ()  # the caller's registry was not rewired
+
+
 def test_a_crash_between_send_and_mark_resends_with_the_same_key(
         db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     receiver = Receiver().start()
