@@ -24,6 +24,7 @@ from controller.drift.thresholds import DriftThresholds
 from registry.commands.lookups import parse_encoder_ref
 from registry.errors import InvalidInput
 from registry.languages import canonical_language
+from registry.names import language_tag, task_name
 
 
 def canonical_languages(values: list[str]) -> list[str]:
@@ -202,7 +203,8 @@ def base_ref(value: str) -> str:
     try:
         parse_encoder_ref(value)
     except InvalidInput as exc:
-        raise ValueError(f"base {value!r} is not NAME@VERSION") from exc
+        detail = "" if "NAME@VERSION" in exc.message else f" of valid names ({exc.message})"
+        raise ValueError(f"base {value!r} is not NAME@VERSION{detail}") from exc
     return value
 
 
@@ -254,11 +256,19 @@ class TrackPolicy(Strict):
     def _folds(cls, folds: int | None) -> int | None:
         return None if folds is None else _check_folds(folds)
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        try:
+            return task_name(value)
+        except InvalidInput as exc:  # pydantic reports ValueError with the field's path
+            raise ValueError(str(exc)) from exc
+
     @field_validator("language")
     @classmethod
     def _language(cls, value: str) -> str:
         try:
-            return canonical_language(value)
+            return language_tag(value)
         except InvalidInput as exc:  # pydantic reports ValueError with the field's path
             raise ValueError(str(exc)) from exc
 
@@ -294,6 +304,11 @@ class Policy(Strict):
     @classmethod
     def _languages(cls, values: list[str]) -> list[str]:
         return canonical_languages(values)
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, value: str | None) -> str | None:
+        return None if value is None else base_ref(value)
 
     @field_validator("base_gates", mode="before")
     @classmethod
