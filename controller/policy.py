@@ -22,7 +22,8 @@ from pydantic import (
 
 from controller.drift.thresholds import DriftThresholds
 from registry.commands.lookups import parse_encoder_ref
-from registry.errors import InvalidInput
+from registry.errors import InvalidInput, UnsafeInput
+from registry.jsonsafe import MAX_DEPTH, depth_exceeds
 from registry.languages import canonical_language
 from registry.names import language_tag, task_name
 
@@ -381,11 +382,23 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: field {where}: {first['msg']}{more}"
 
 
+MAX_POLICY_BYTES = 1_000_000  # a policy is a few kB; more is not a policy
+
+
 def parse_policy(text: str, source: str = "policy") -> Policy:
+    if len(text) > MAX_POLICY_BYTES:
+        raise UnsafeInput(f"{source} is {len(text)} characters, more than the "
+                          f"{MAX_POLICY_BYTES} a policy may have", "give the policy file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{source} is not valid TOML: {exc}", "fix the syntax") from exc
+    except RecursionError:  # tomllib recurses per nested inline array/table
+        raise UnsafeInput(f"{source} nests too deep to be a policy",
+                          "write tables, not deeply nested inline arrays") from None
+    if depth_exceeds(data, MAX_DEPTH):
+        raise UnsafeInput(f"{source} nests deeper than {MAX_DEPTH} levels",
+                          "write tables, not deeply nested inline arrays")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
