@@ -54,6 +54,7 @@ def timed(fn: Callable[[int], object], calls: int, warmup: int = 200) -> dict[st
 
 def populate(reg, workdir: Path) -> None:
     from controller.encoders.text import demo_base_dir
+    from tests.support.tiny import adapter_config, adapter_tensors
 
     reg.init()
     enc = reg.register_encoder("minilm", "1", demo_base_dir())
@@ -61,8 +62,11 @@ def populate(reg, workdir: Path) -> None:
     for lang in LANGS:
         for v in (1, 2):
             f = workdir / f"{lang}-{v}.safetensors"
-            save_file({"lora.A": rng.standard_normal((16, 384)).astype(np.float32)}, str(f),
-                      metadata={"xlt": json.dumps({"base_fingerprint": enc.fingerprint})})
+            # a loadable adapter on MiniLM (384 wide, 6 layers): register proves it
+            meta = {"format": 1, "config": adapter_config(hidden=384),
+                    "base_fingerprint": enc.fingerprint}
+            save_file(adapter_tensors(rng, hidden=384, layers=6), str(f),
+                      metadata={"xlt": json.dumps(meta)})
             reg.register_adapter(task=TASK, language=lang, base="minilm@1", weights=f)
         reg.promote(TASK, lang, 1)
         reg.start_canary(TASK, lang, 2, 10)

@@ -21,8 +21,10 @@ from pydantic import (
 )
 
 from registry.commands.lookups import parse_encoder_ref
-from registry.errors import InvalidInput
+from registry.errors import InvalidInput, UnsafeInput
+from registry.jsonsafe import MAX_DEPTH, depth_exceeds
 from registry.languages import canonical_language
+from registry.names import language_tag, task_name
 
 
 def canonical_languages(values: list[str]) -> list[str]:
@@ -230,7 +232,8 @@ def base_ref(value: str) -> str:
     try:
         parse_encoder_ref(value)
     except InvalidInput as exc:
-        raise ValueError(f"base {value!r} is not NAME@VERSION") from exc
+        detail = "" if "NAME@VERSION" in exc.message else f" of valid names ({exc.message})"
+        raise ValueError(f"base {value!r} is not NAME@VERSION{detail}") from exc
     return value
 
 
@@ -282,11 +285,19 @@ class TrackPolicy(Strict):
     def _folds(cls, folds: int | None) -> int | None:
         return None if folds is None else _check_folds(folds)
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        try:
+            return task_name(value)
+        except InvalidInput as exc:  # pydantic reports ValueError with the field's path
+            raise ValueError(str(exc)) from exc
+
     @field_validator("language")
     @classmethod
     def _language(cls, value: str) -> str:
         try:
-            return canonical_language(value)
+            return language_tag(value)
         except InvalidInput as exc:  # pydantic reports ValueError with the field's path
             raise ValueError(str(exc)) from exc
 
@@ -322,6 +333,11 @@ class Policy(Strict):
     @classmethod
     def _languages(cls, values: list[str]) -> list[str]:
         return canonical_languages(values)
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, value: str | None) -> str | None:
+        return None if value is None else base_ref(value)
 
     @field_validator("base_gates", mode="before")
     @classmethod
@@ -394,11 +410,23 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: field {where}: {first['msg']}{more}"
 
 
+MAX_POLICY_BYTES = 1_000_000  # a policy is a few kB; more is not a policy
+
+
 def parse_policy(text: str, source: str = "policy") -> Policy:
+    if len(text) > MAX_POLICY_BYTES:
+        raise UnsafeInput(f"{source} is {len(text)} characters, more than the "
+                          f"{MAX_POLICY_BYTES} a policy may have", "give the policy file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{source} is not valid TOML: {exc}", "fix the syntax") from exc
+    except RecursionError:  # tomllib recurses per nested inline array/table
+        raise UnsafeInput(f"{source} nests too deep to be a policy",
+                          "write tables, not deeply nested inline arrays") from None
+    if depth_exceeds(data, MAX_DEPTH):
+        raise UnsafeInput(f"{source} nests deeper than {MAX_DEPTH} levels",
+                          "write tables, not deeply nested inline arrays")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

@@ -9,7 +9,16 @@ Nothing is stored from a refused input: files are first copied into a staging fo
 (opened without following links, hashed while copied), validated there -- so the bytes
 checked are the bytes stored -- and moved under their sha only when every check passed.
 A link anywhere in an offered file or directory is refused with its path: it could point
-at any file on the machine (/etc/passwd), which would then be copied and published.
+at any file on the machine (/etc/passwd), which would then be copied and published. A hard
+link (a file with more than one name) is refused the same way: its other name may be
+anywhere on the disk.
+
+Each process stages in its own folder, staging/p<pid>-<host>; a process killed mid-register
+leaves its folder behind, and the next writer (or `xlt db check`) removes the folders of
+dead processes of this host. A folder whose owner is alive is never touched.
+
+A refusal by the machine (disk full, read-only, permission) is a StorageError naming the
+path and the reason, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,21 +27,27 @@ import errno
 import hashlib
 import json
 import os
+import shutil
+import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from registry.errors import ArtifactError
+from registry import jsonsafe
+from registry.errors import ArtifactError, StorageError
 from registry.weights import WeightsHeader, check_encoder_shapes, read_header
 
 # pickle-based weight formats can execute code when loaded
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 ALLOWED_TREE_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".md", ".vocab", ".merges"}
 SAFETENSORS = ".safetensors"
+MAX_CONFIG_BYTES = 10_000_000  # a model's config.json is a few kB
 
 
 def sha256_file(path: Path) -> str:
@@ -56,6 +71,40 @@ def refuse_link(path: Path) -> None:
                             "register a copy of the real files; links are never followed")
 
 
+def refuse_hard_link(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        raise ArtifactError(f"{path} is a hard link ({st.st_nlink} names for one file)",
+                            "register a copy of the real files (cp, not ln); links are "
+                            "never followed")
+
+
+def storage_error(exc: OSError, path: Path | str, doing: str) -> StorageError:
+    """The machine refused a file operation: one line naming the path and the reason."""
+    reason = exc.strerror or type(exc).__name__
+    hint = ("free space on that disk and retry; nothing was recorded"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else "check that the folder exists and is writable; nothing was recorded")
+    return StorageError(f"cannot {doing} {exc.filename or path}: {reason}", hint)
+
+
+STAGING_PREFIX = "p"
+OLD_STAGING_AGE_S = 3600.0  # flat .tmp-* files of older xlt versions: no owner recorded
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname())
+
+
 @dataclass
 class Staged:
     """Files copied into the store's staging folder, validated, not yet published."""
@@ -74,8 +123,11 @@ class Staged:
             if dest.exists():
                 tmp.unlink(missing_ok=True)
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise storage_error(exc, dest, "store") from exc
         self.files.clear()
 
     def discard(self) -> None:
@@ -87,6 +139,65 @@ class Staged:
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._staging_for: tuple[int, Path] | None = None  # (pid, its folder)
+
+    def staging_dir(self) -> Path:
+        """This process's staging folder (created on first use, after sweeping the folders
+        of dead processes: start-up cleaning)."""
+        pid = os.getpid()
+        if self._staging_for is None or self._staging_for[0] != pid:  # new, or forked
+            self.sweep_staging()
+            folder = self.root / "staging" / f"{STAGING_PREFIX}{pid}-{_host()}"
+            self._staging_for = (pid, folder)
+        folder = self._staging_for[1]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, folder, "create") from exc
+        return folder
+
+    def sweep_staging(self) -> dict[str, Any]:
+        """Remove what killed processes left in staging: folders p<pid>-<this host> whose
+        pid is not alive, and flat files of older xlt versions untouched for an hour.
+        Folders of live processes and of other hosts are left alone."""
+        top = self.root / "staging"
+        removed: list[str] = []
+        kept: list[str] = []
+        freed = 0
+        try:
+            entries = list(os.scandir(top))
+        except FileNotFoundError:
+            entries = []
+        except OSError as exc:
+            raise storage_error(exc, top, "read") from exc
+        host, now = _host(), time.time()
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pid_text, _, owner_host = entry.name[len(STAGING_PREFIX):].partition("-")
+                    if (not entry.name.startswith(STAGING_PREFIX) or not pid_text.isdigit()
+                            or owner_host != host or _pid_alive(int(pid_text))):
+                        kept.append(entry.name)
+                        continue
+                    freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                    shutil.rmtree(path)
+                elif entry.name.startswith(".tmp-"):
+                    st = entry.stat(follow_symlinks=False)
+                    if now - st.st_mtime < OLD_STAGING_AGE_S:
+                        kept.append(entry.name)
+                        continue
+                    freed += st.st_size
+                    path.unlink()
+                else:
+                    kept.append(entry.name)
+                    continue
+            except FileNotFoundError:  # another sweeper got there first
+                continue
+            except OSError as exc:
+                raise storage_error(exc, path, "remove") from exc
+            removed.append(entry.name)
+        return {"removed": removed, "kept": kept, "freed_bytes": freed}
 
     def blob_path(self, sha: str) -> Path:
         return self.root / "blobs" / sha[:2] / sha
@@ -110,19 +221,25 @@ class ArtifactStore:
             raise ArtifactError(f"cannot read {src}: {exc.strerror or exc}",
                                 "check the path") from exc
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise ArtifactError(f"{src} is not a regular file", "give a file")
-            tmpdir = self.root / "staging"
-            tmpdir.mkdir(parents=True, exist_ok=True)
-            out_fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix=".tmp-")
-            h = hashlib.sha256()
-            staged.files[name] = (Path(tmp), "")
-            with os.fdopen(out_fd, "wb") as out:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-                    out.write(chunk)
-        staged.files[name] = (Path(tmp), h.hexdigest())
-        return Path(tmp)
+            refuse_hard_link(src, st)
+            tmpdir = self.staging_dir()
+            tmp = tmpdir / "?"
+            try:
+                out_fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=".tmp-")
+                tmp = Path(tmp_name)
+                h = hashlib.sha256()
+                staged.files[name] = (tmp, "")
+                with os.fdopen(out_fd, "wb") as out:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+            except OSError as exc:  # the disk under staging (reading src is checked above)
+                raise storage_error(exc, tmpdir if tmp.name == "?" else tmp, "write") from exc
+        staged.files[name] = (tmp, h.hexdigest())
+        return tmp
 
     def stage_weights(self, staged: Staged, path: str | os.PathLike[str]) -> WeightsHeader:
         """Stage one weights file under the name "weights", validated as safetensors by its
@@ -150,11 +267,17 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         dest = self.blob_path(sha)
         if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, dest)
+            tmp = None
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.staging_dir(), prefix=".tmp-")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+            except OSError as exc:
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                raise storage_error(exc, tmp or dest, "write") from exc
         return sha
 
     def put_tree(self, directory: str | os.PathLike[str]) -> str:
@@ -188,11 +311,13 @@ class ArtifactStore:
             raise ArtifactError(f"{root} holds no .safetensors weights",
                                 "save the model with safe_serialization=True")
         if "config.json" in files:
-            try:
-                model_config = json.loads(staged.files["config.json"][0].read_bytes())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ArtifactError(f"{root / 'config.json'} is not JSON",
-                                    "re-save the model") from exc
+            model_config = jsonsafe.loads(staged.files["config.json"][0].read_bytes(),
+                                          str(root / "config.json"),
+                                          max_bytes=MAX_CONFIG_BYTES, error=ArtifactError,
+                                          hint="re-save the model")
+            if not isinstance(model_config, dict):
+                raise ArtifactError(f"{root / 'config.json'} is not a JSON object",
+                                    "re-save the model")
             for rel in weights:
                 check_encoder_shapes(staged.headers[rel], model_config, rel)
         return files
@@ -242,9 +367,11 @@ def walk_tree(root: Path) -> list[str]:
     for here, dirs, names in os.walk(root, followlinks=False):
         for name in sorted(dirs) + sorted(names):
             path = Path(here) / name
-            mode = path.lstat().st_mode
+            st = path.lstat()
+            mode = st.st_mode
             if stat.S_ISLNK(mode):
                 refuse_link(path)
+            refuse_hard_link(path, st)
             if name in names and not stat.S_ISREG(mode):
                 raise ArtifactError(f"{path} is not a regular file", "remove it from the "
                                     "model directory")

@@ -1,7 +1,8 @@
 """Domain errors. The CLI maps each family to an exit code in one place (controller.cli).
 
-Exit codes: 2 = the input was wrong (usage, validation, not found); 3 = a state change was
-refused by a precondition (incompatible, stale revision, no champion, ...).
+Exit codes: 2 = the input was wrong (usage, validation, not found) or the environment
+refused (database not ready, disk full); 3 = a state change was refused by a precondition
+(incompatible, stale revision, no champion, ...).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class InvalidLanguage(InvalidInput):
     pass
 
 
+class InvalidName(InvalidInput):
+    """A task, language or encoder name outside the grammar of registry.names."""
+
+
+class UnsafeInput(InvalidInput):
+    """Input built to exhaust the parser: JSON nested too deep, a file too large."""
+
+
 class ArtifactError(InvalidInput):
     """An artifact is of a refused format, missing, or fails its checksum."""
 
@@ -63,6 +72,13 @@ class StaleRevision(RefusedChange):
 
 class InvalidTransition(RefusedChange):
     """The object's status does not allow the asked change (e.g. promote a rejected adapter)."""
+
+
+class StorageError(XltError):
+    """The machine refused a file operation (disk full, read-only, permission denied): the
+    message names the path and the operating system's reason; nothing was recorded."""
+
+    exit_code = 2
 
 
 class DatabaseNotReady(XltError):

@@ -46,11 +46,12 @@ def model_dir_fingerprint(model_dir: str | Path) -> tuple[str, dict[str, Any]]:
     if not config_file.is_file():
         raise ArtifactError(f"{path} has no config.json",
                             "point at a transformers model directory saved with save_pretrained")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{config_file} is not valid JSON ({exc})",
-                            "re-save the model") from exc
+    from registry.jsonsafe import loads
+
+    config = loads(config_file.read_bytes(), str(config_file), max_bytes=10_000_000,
+                   error=ArtifactError, hint="re-save the model")
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{config_file} is not a JSON object", "re-save the model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises many kinds for a missing tokenizer

@@ -26,6 +26,7 @@ from sqlalchemy.orm import aliased
 
 from registry.db import Database
 from registry.languages import canonical_language, parent_languages
+from registry.names import task_name
 from registry.schema import Adapter, BaseEncoder, Event, Track
 
 
@@ -122,6 +123,7 @@ def choose(task: str, language: str, chain: list[str], routes: dict[str, Route],
 
 
 def resolve(db: Database, task: str, language: str, routing_key: str) -> Resolution:
+    task_name(task)  # an unknown task falls back to the bare base: its name is logged
     language = canonical_language(language)
     chain = [language, *parent_languages(language)]
     routes = load_routes(db, task, chain)
@@ -160,6 +162,7 @@ class CachedResolver:
         key = (task, language)
         entry = self._routes.get(key)
         if entry is None:
+            task_name(task)
             lang = canonical_language(language)
             chain = [lang, *parent_languages(lang)]
             routes = load_routes(self.db, task, chain)

@@ -30,6 +30,7 @@ from registry.commands import (
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.db import Database
 from registry.errors import ArtifactError, DatabaseNotReady
+from registry.names import find_bad_names
 from registry.routing import CachedResolver, Resolution, resolve
 from registry.schema import Adapter, BaseEncoder, Dataset
 from registry.settings import Settings, default_actor, load_settings
@@ -82,6 +83,14 @@ class Registry:
         if alert_receivers is not None:
             view.alert_receivers = tuple(alert_receivers)
         return view
+
+    def check(self) -> dict[str, Any]:
+        """What `xlt db check` reports beyond the schema: names recorded before the name
+        grammar (registry.names) and staging left by killed processes (removed here; a
+        live process's folder is kept)."""
+        with self.reading() as s:
+            bad = find_bad_names(s)
+        return {"bad_names": bad, "staging": self.store.sweep_staging()}
 
     # -- plumbing ----------------------------------------------------------------------
     def unit_of_work(self, actor: str | None = None, fence: Fence | None = None) -> UnitOfWork:

@@ -13,16 +13,17 @@ Then the tensors are compared with what the adapter's recorded config says they 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ArtifactError
+from registry import jsonsafe
+from registry.errors import ArtifactError, InvalidInput
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+MAX_METADATA_BYTES = 1_000_000  # an adapter's xlt metadata is a few kB
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
@@ -56,9 +57,9 @@ def read_header(path: Path, name: str | None = None) -> WeightsHeader:
         raise ArtifactError(f"cannot read {name}: {exc.strerror or exc}", "check the file") \
             from exc
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _refuse(name, "its header is not JSON") from exc
+        header = jsonsafe.loads(raw, "header", max_bytes=MAX_HEADER_BYTES)
+    except InvalidInput as exc:  # not JSON, or a nesting bomb
+        raise _refuse(name, f"its {exc.message}") from exc
     if not isinstance(header, dict):
         raise _refuse(name, "its header is not a JSON object")
     out = WeightsHeader()
@@ -104,10 +105,10 @@ def xlt_metadata(header: WeightsHeader, name: str) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{name} has unreadable xlt metadata", "re-save the adapter") \
-            from exc
+        meta = jsonsafe.loads(raw, f"{name}'s xlt metadata", max_bytes=MAX_METADATA_BYTES)
+    except InvalidInput as exc:
+        raise ArtifactError(f"{name} has unreadable xlt metadata ({exc.message})",
+                            "re-save the adapter") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
         raise ArtifactError(f"{name} has malformed xlt metadata", "re-save the adapter")
     return meta

@@ -26,8 +26,10 @@ class XltGroup(click.Group):
         except XltError as exc:
             fail(str(exc), exc.exit_code)
         except OperationalError as exc:
-            fail(f"database error: {str(exc.orig).strip().splitlines()[0]}; check --db / "
-                 "XLT_DATABASE_URL and that the server is running", 2)
+            fail(database_error(exc), 2)
+        except OSError as exc:  # the machine refused a file operation outside the store
+            fail(f"cannot use {exc.filename or 'a file'}: {exc.strerror or exc}; check that "
+                 "its disk has space and it is writable", 2)
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -35,6 +37,23 @@ class XltGroup(click.Group):
                 raise
             fail(f"internal error: {type(exc).__name__}: {exc} "
                  "(set XLT_DEBUG=1 to see the traceback, and report it)", 1)
+
+
+def database_error(exc: OperationalError) -> str:
+    """One line for a database that refused: a server's, or a SQLite file's (whose cause
+    is its disk or its path, never a server)."""
+    first = (str(exc.orig).strip().splitlines() or ["unknown error"])[0]
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        path = None  # the exception has no URL: the file is the context's registry's
+        ctx = click.get_current_context(silent=True)
+        obj = ctx.find_object(AppContext) if ctx is not None else None
+        if obj is not None and obj._registry is not None:
+            path = obj._registry.db.url.removeprefix("sqlite:///")
+        where = f"SQLite registry {path}" if path else "the SQLite registry"
+        return (f"{where}: {first}; check that its disk has space and that the file and its "
+                "folder are writable")
+    return (f"database error: {first}; check --db / XLT_DATABASE_URL and that the server "
+            "is running")
 
 
 def quiet_libraries() -> None:

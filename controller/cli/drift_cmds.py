@@ -8,9 +8,11 @@ import click
 
 from controller.cli import cli, fail
 from controller.cli.context import AppContext, load_policy, pass_app
-from controller.cli.options import json_option, lang_list
+from controller.cli.options import json_option, lang_list, task_value
 from controller.cli.output import emit_json, emit_table
 from controller.runtime.bootstrap import build_operations
+from registry.errors import InvalidName
+from registry.names import language_tag, task_name
 
 
 @cli.group()
@@ -55,7 +57,7 @@ def drift() -> None:
 
 
 @drift.command("check")
-@click.option("--task", default=None, help="Only this task.")
+@click.option("--task", default=None, callback=task_value, help="Only this task.")
 @click.option("--lang", "languages", multiple=True, callback=lang_list,
               help="Only these languages (repeatable).")
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False),
@@ -75,6 +77,13 @@ def drift_check(app: AppContext, task: str | None, languages: tuple[str, ...],
     if not tracks:
         fail("no tracks with a champion to check"
              + (f" among {', '.join(languages)}" if languages else ""), 2)
+    for t in tracks:  # names recorded before registry.names: their reports would be paths
+        try:
+            task_name(t["task"]), language_tag(t["language"])
+        except InvalidName as exc:
+            raise InvalidName(f"track {t['task']!r}/{t['language']!r}: {exc.message}",
+                              "no report was written; list such names with `xlt db "
+                              "check`") from exc
     ops = build_operations(reg, policy, html=html)
     rows = []
     for t in tracks:

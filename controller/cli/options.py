@@ -8,6 +8,7 @@ import click
 
 from registry.errors import InvalidLanguage
 from registry.languages import canonical_language
+from registry.names import task_name
 
 
 def _language(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -21,8 +22,15 @@ def _language(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         raise click.BadParameter(str(exc)) from exc
 
 
+def task_value(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of every --task: the name grammar of registry.names (InvalidName: one line,
+    exit 2, before anything is opened)."""
+    return None if value is None else task_name(value)
+
+
 def task_option(required: bool = True) -> Any:
-    return click.option("--task", required=required, help="Task name, e.g. emoji-group.")
+    return click.option("--task", required=required, callback=task_value,
+                        help="Task name, e.g. emoji-group.")
 
 
 def lang_option(required: bool = True, multiple: bool = False) -> Any:

@@ -3,7 +3,6 @@ history, resolve. Each parses, calls the registry, prints."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from controller.cli.options import (
     task_option,
 )
 from controller.cli.output import emit, emit_json, emit_table
-from registry import queries
+from registry import jsonsafe, queries
 from registry.errors import InvalidInput
 
 
@@ -28,10 +27,11 @@ def _json_file(path: str | None, what: str) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"cannot read {what} from {path}: {exc}",
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} from {path}: {exc.strerror or exc}",
                            "give a readable JSON file") from exc
+    value = jsonsafe.loads(data, f"{what} file {path}", max_bytes=1_000_000)
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} in {path} is not a JSON object", "write {...}")
     return value

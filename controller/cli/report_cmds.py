@@ -8,7 +8,7 @@ import click
 
 from controller.cli import cli
 from controller.cli.context import AppContext, pass_app
-from controller.cli.options import json_option, lang_list
+from controller.cli.options import json_option, lang_list, task_value
 from controller.cli.output import emit_json, emit_table
 from controller.policy import load_policy
 from registry.errors import InvalidInput
@@ -20,7 +20,8 @@ def report() -> None:
 
 
 @report.command("languages")
-@click.option("--task", default="emoji-group", show_default=True, help="Task of the tracks.")
+@click.option("--task", default="emoji-group", show_default=True, callback=task_value,
+              help="Task of the tracks.")
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False),
               help="Policy file: its tracks of --task are the controlled languages.")
 @click.option("--lang", "languages", multiple=True, callback=lang_list,

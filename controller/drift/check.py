@@ -38,6 +38,7 @@ from controller.drift.signals import (
 )
 from controller.drift.window import Window, window_from_events
 from controller.traffic import descriptors as desc
+from registry.names import safe_path
 
 HtmlMode = Literal["drifted", "always", "never"]
 
@@ -173,9 +174,10 @@ def check_many(references: Mapping[str, Reference] | Callable[[str], Reference |
 
 # -- reports ---------------------------------------------------------------------------------
 def report_stem(reports_dir: Path, result: DriftResult) -> Path:
-    """<reports>/<task>/<language>/<UTC timestamp>; sortable and safe in file names."""
+    """<reports>/<task>/<language>/<UTC timestamp>; sortable and safe in file names, and
+    refused (InvalidName) for a name that would leave the reports folder."""
     stamp = result.checked_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    return reports_dir / result.task / result.language / stamp
+    return safe_path(reports_dir, result.task, result.language, stamp)
 
 
 def write_reports(result: DriftResult, reference: Reference, window: Window,

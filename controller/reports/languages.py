@@ -24,6 +24,7 @@ import numpy as np
 from controller.data import cldr
 from controller.drift.projection import pca_2d
 from registry.errors import InvalidInput
+from registry.names import encoder_ref, safe_path, task_name
 
 ENGLISH = "en"
 POINTS_PER_LANGUAGE = 150
@@ -175,7 +176,8 @@ def report_languages(registry: Any, task: str, languages: list[str], base: str,
     _, encoder = load_base(registry, base, device)
     tracks = {r["language"]: r for r in registry.status(task)}
     points, xy = language_map(encoder.embed, languages, tracks)
-    stem = out_dir / f"languages-{task}-{base.replace('@', '-')}"
+    name, version = encoder_ref(base)
+    stem = safe_path(out_dir, f"languages-{task_name(task)}-{name}-{version}")
     png = draw(points, xy, base, task, stem.with_suffix(".png"))
     page = write_html(points, png, base, task, stem.with_suffix(".html"))
     return {"task": task, "base": base, "png": str(png), "html": str(page),

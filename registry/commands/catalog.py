@@ -23,6 +23,8 @@ from registry.errors import (
 )
 from registry.fingerprint import model_dir_fingerprint
 from registry.languages import canonical_language
+from registry.loadability import base_headers, base_linear_layers, check_loadable
+from registry.names import encoder_name, encoder_version, language_tag, task_name
 from registry.schema import Adapter, BaseEncoder, Dataset, Track
 from registry.uow import UnitOfWork, check_revision
 from registry.weights import check_adapter_shapes, xlt_metadata
@@ -35,9 +37,8 @@ def register_encoder(uow: UnitOfWork, store: ArtifactStore, name: str, version: 
     `provenance` (e.g. package, file sha256, licence) goes into the register event's
     `after` (shown by `xlt history`). Builtin
     bases also keep it inside the stored tree (xlt_provenance.json), content-addressed."""
-    if not name or "@" in name or not version or "@" in version:
-        raise InvalidInput(f"bad encoder name/version {name!r}@{version!r}",
-                           "use a name and a version without '@'")
+    encoder_name(name)
+    encoder_version(version)
     s = uow.session
     if s.scalars(select(BaseEncoder).where(BaseEncoder.name == name,
                                            BaseEncoder.version == version)).first():
@@ -105,8 +106,7 @@ def register_dataset(uow: UnitOfWork, *, name: str, language: str, split: str, v
 
 def ensure_track(uow: UnitOfWork, task: str, language: str, base: str) -> Track:
     """The track of (task, language), created on base `base` if it does not exist yet."""
-    if not task or not task.strip():
-        raise InvalidInput("task is empty", "give the task name, e.g. emoji-group")
+    task_name(task)
     return _get_or_create_track(uow, task, canonical_language(language),
                                 encoder_by_ref(uow.session, base))
 
@@ -133,6 +133,22 @@ def _get_or_create_track(uow: UnitOfWork, task: str, language: str, base: BaseEn
     return track
 
 
+def _check_task_labels(s: Any, task: str, labels: int, name: str) -> None:
+    """A task has one label set: a head must have as many outputs as the task's adapters
+    already registered (the newest one that records its head is the task's count)."""
+    for recorded in s.scalars(select(Adapter.config).where(Adapter.task == task)
+                              .order_by(Adapter.id.desc()).limit(20)):
+        shape = (recorded or {}).get("head_shape")
+        if isinstance(shape, list) and len(shape) == 2:
+            if shape[1] != labels:
+                raise IncompatibleAdapter(
+                    f"{name} has a head of {labels} labels, but task {task} has {shape[1]} "
+                    "(its registered adapters' heads)",
+                    "train the head on the task's label set, or register it under another "
+                    "task name")
+            return
+
+
 def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, language: str,
                      base: str, weights: str | Path, config: dict[str, Any] | None = None,
                      teacher_language: str | None = None, dataset_ids: list[int] | None = None,
@@ -140,9 +156,8 @@ def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, langua
                      hyperparams: dict[str, Any] | None = None,
                      parent_version: int | None = None, kind: str = "lora",
                      expected_revision: int | None = None) -> Adapter:
-    if not task or not task.strip():
-        raise InvalidInput("task is empty", "give the task name, e.g. emoji-group")
-    language = canonical_language(language)
+    task_name(task)
+    language = language_tag(language)
     teacher = canonical_language(teacher_language) if teacher_language else None
     s = uow.session
     encoder = encoder_by_ref(s, base)  # contract check 1: the base must exist
@@ -151,20 +166,35 @@ def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, langua
         header = store.stage_weights(staged, weights)
         name = Path(weights).name
         meta = xlt_metadata(header, name)
-        config = {**meta.get("config", {}), **(config or {})}
-        check_adapter_shapes(header, config, name)
-        recorded = meta.get("base_fingerprint") or config.get("base_fingerprint")
+        # a load reads the file's own metadata, never the registry row: the checks are of
+        # what the file says, and a given config may add to it but not contradict it
+        file_config = meta.get("config", {})
+        given = config or {}
+        clash = sorted(k for k in given if k in file_config and given[k] != file_config[k])
+        if clash:
+            raise InvalidInput(f"config {clash[0]} {given[clash[0]]!r} contradicts {name}, "
+                               f"which records {file_config[clash[0]]!r}",
+                               "leave it out of --config: the file's value is what a load "
+                               "uses")
+        config = {**file_config, **given}
+        check_adapter_shapes(header, file_config, name)
+        recorded = meta.get("base_fingerprint")
         if not recorded:
             raise IncompatibleAdapter(
                 f"{name} records no base fingerprint, so its base cannot be checked",
                 "save it with controller.training.artifact.save_adapter (which records the "
-                "base's fingerprint) or pass it in the config as base_fingerprint")
+                "base's fingerprint in the file, where a load checks it)")
         if recorded != encoder.fingerprint:
             raise IncompatibleAdapter(
                 f"{name} was trained on base fingerprint {str(recorded)[:12]}, "
                 f"but {encoder.ref} has fingerprint {encoder.fingerprint[:12]}",
                 "register it against the base it was trained on",
             )
+        # register proves loadability: tensors and config against the base's layers
+        check_loadable(header, file_config,
+                       base_linear_layers(base_headers(store, encoder.artifact_sha256)),
+                       encoder.fingerprint_inputs or {}, name)
+        _check_task_labels(s, task, file_config["head_shape"][1], name)
         ids = list(dataset_ids or [])
         if ids:
             found = set(s.scalars(select(Dataset.id).where(Dataset.id.in_(ids))))

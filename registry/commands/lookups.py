@@ -5,17 +5,15 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.errors import InvalidInput, NotFound
+from registry.errors import NotFound
 from registry.languages import canonical_language
+from registry.names import encoder_ref
 from registry.schema import Adapter, BaseEncoder
 
 
 def parse_encoder_ref(ref: str) -> tuple[str, str]:
-    name, sep, version = (ref or "").partition("@")
-    if not sep or not name or not version:
-        raise InvalidInput(f"base encoder reference {ref!r} is not NAME@VERSION",
-                           "write it like minilm@1")
-    return name, version
+    """(name, version) of NAME@VERSION, each a slug (registry.names)."""
+    return encoder_ref(ref)
 
 
 def encoder_by_ref(session: Session, ref: str) -> BaseEncoder:

@@ -9,8 +9,15 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from registry.commands.lookups import adapter_by_version
-from registry.errors import InvalidInput, InvalidTransition, NotFound, StaleRevision
+from registry.errors import (
+    InvalidInput,
+    InvalidName,
+    InvalidTransition,
+    NotFound,
+    StaleRevision,
+)
 from registry.languages import canonical_language
+from registry.names import language_tag, task_name
 from registry.schema import (
     CanaryAnalysis,
     DriftReport,
@@ -31,7 +38,8 @@ CANARY_VERDICTS = ("pass", "fail", "inconclusive")
 def create_job(uow: UnitOfWork, kind: str, params: dict[str, Any], executor: str,
                task: str | None = None, language: str | None = None) -> Job:
     job = Job(kind=kind, params=params, executor=executor, status="queued", attempts=0,
-              task=task, language=canonical_language(language) if language else None)
+              task=task_name(task) if task is not None else None,
+              language=language_tag(language) if language else None)
     uow.session.add(job)
     uow.session.flush()
     uow.event("job_created", task=task, language=job.language,
@@ -118,7 +126,7 @@ def record_drift_report(uow: UnitOfWork, task: str, language: str, *, verdict: s
                         window_end: datetime | None = None) -> DriftReport:
     if verdict not in VERDICTS:
         raise InvalidInput(f"drift verdict {verdict!r} unknown", f"use one of {VERDICTS}")
-    language = canonical_language(language)
+    task, language = task_name(task), language_tag(language)
     row = DriftReport(task=task, language=language, verdict=verdict, signals=signals,
                       reference=reference, report_paths=report_paths or {},
                       window_start=window_start, window_end=window_end)
@@ -135,7 +143,7 @@ def record_drift_report(uow: UnitOfWork, task: str, language: str, *, verdict: s
 
 def put_reference_cache(uow: UnitOfWork, task: str, language: str, reference_key: str,
                         artifact_sha256: str, stats: dict[str, Any]) -> ReferenceCache:
-    language = canonical_language(language)
+    task, language = task_name(task), language_tag(language)
     row = uow.session.scalars(select(ReferenceCache).where(
         ReferenceCache.task == task, ReferenceCache.language == language,
         ReferenceCache.reference_key == reference_key)).one_or_none()
@@ -152,6 +160,17 @@ def put_reference_cache(uow: UnitOfWork, task: str, language: str, reference_key
 INFERENCE_FIELDS = {c.name for c in InferenceEvent.__table__.columns} - {"id"}
 
 
+def check_traffic_names(rows: list[dict[str, Any]]) -> None:
+    """Every row's task is a name (registry.names) and its language a canonical tag."""
+    for task in {r.get("task") for r in rows}:
+        task_name(task)
+    for key in ("language", "served_language"):
+        for value in {r.get(key) for r in rows if r.get(key) is not None}:
+            if language_tag(value) != value:
+                raise InvalidName(f"{key} {value!r} is not in canonical form",
+                                  f"write it as {language_tag(value)!r}")
+
+
 def log_inference_events(uow: UnitOfWork, rows: list[dict[str, Any]]) -> int:
     """Bulk insert of already-validated traffic rows (controller.drift validates them).
     Traffic is data, not a state change: no audit event per row."""
@@ -164,5 +183,6 @@ def log_inference_events(uow: UnitOfWork, rows: list[dict[str, Any]]) -> int:
             raise InvalidInput(f"unknown inference event fields {sorted(unknown)}",
                                f"allowed: {sorted(INFERENCE_FIELDS)}")
         clean.append({"at": utcnow(), "descriptors": {}, **r})
+    check_traffic_names(clean)
     uow.session.execute(insert(InferenceEvent), clean)
     return len(clean)

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from registry.commands.records import INFERENCE_FIELDS
+from registry.commands.records import INFERENCE_FIELDS, check_traffic_names
 from registry.errors import InvalidInput, NotFound
+from registry.names import task_name
 from registry.schema import InferenceEvent, utcnow
 from registry.uow import UnitOfWork
 
@@ -29,6 +30,7 @@ def log_predictions(uow: UnitOfWork, rows: list[dict[str, Any]]) -> list[int]:
             raise InvalidInput(f"unknown inference event fields {sorted(unknown)}",
                                f"allowed: {sorted(INFERENCE_FIELDS)}")
         clean.append({"at": utcnow(), "descriptors": {}, **r})
+    check_traffic_names(clean)
     ids = uow.session.scalars(insert(InferenceEvent).returning(InferenceEvent.id,
                                                                  sort_by_parameter_order=True),
                               clean).all()
@@ -38,6 +40,7 @@ def log_predictions(uow: UnitOfWork, rows: list[dict[str, Any]]) -> list[int]:
 def record_feedback(uow: UnitOfWork, task: str, labels: dict[int, str]) -> int:
     """Set the feedback label of earlier predictions of `task`; all or nothing: an unknown
     id, or one of another task, refuses the whole batch."""
+    task_name(task)
     if not labels:
         return 0
     for pid, label in labels.items():

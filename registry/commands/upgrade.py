@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from registry.commands.lookups import encoder_by_ref
 from registry.errors import IncompatibleAdapter, InvalidTransition, NotFound
 from registry.languages import canonical_language
+from registry.names import task_name
 from registry.schema import Adapter, BaseEncoder, BaseUpgrade, Track, utcnow
 from registry.uow import UnitOfWork
 from registry.upgrades import ACTIVE, NEXT, UpgradeState, UpgradeStatus
@@ -57,6 +58,7 @@ def request_upgrade(uow: UnitOfWork, base: str, task: str,
     anything is written. Returns, per language, what happened: requested, already on the
     base, or already requested. A track with an active upgrade to another base is refused."""
     s = uow.session
+    task_name(task)
     target = encoder_by_ref(s, base)
     if languages:
         wanted = [canonical_language(x) for x in languages]

@@ -18,14 +18,38 @@ def build_tiny_bert(directory: Path, extra_words: list[str] | None = None,
                           extra_words=extra_words or ())
 
 
+def adapter_tensors(rng: np.random.Generator, hidden: int = 32, layers: int = 2,
+                    rank: int = 4, labels: int = 8,
+                    targets: tuple[str, ...] = ("query", "value")) -> dict[str, np.ndarray]:
+    """LoRA pairs (peft's names, under `lora.`) on the attention projections of a tiny BERT
+    (tests.tinymodel) and a head: what controller.training.artifact.load_adapter needs."""
+    tensors = {}
+    for layer in range(layers):
+        for target in targets:
+            module = f"lora.base_model.model.encoder.layer.{layer}.attention.self.{target}"
+            tensors[f"{module}.lora_A.weight"] = rng.standard_normal((rank, hidden)).astype(
+                np.float32)
+            tensors[f"{module}.lora_B.weight"] = np.zeros((hidden, rank), np.float32)
+    tensors["head.weight"] = rng.standard_normal((labels, hidden)).astype(np.float32)
+    tensors["head.bias"] = np.zeros(labels, np.float32)
+    return tensors
+
+
+def adapter_config(hidden: int = 32, rank: int = 4, labels: int = 8,
+                   targets: tuple[str, ...] = ("query", "value")) -> dict:
+    return {"kind": "lora", "r": rank, "alpha": 2 * rank, "dropout": 0.0,
+            "target_modules": sorted(targets), "layers_to_transform": None,
+            "head_shape": [hidden, labels], "num_labels": labels,
+            "labels": [f"label{i}" for i in range(labels)]}
+
+
 def write_adapter_file(path: Path, base_fingerprint: str | None, seed: int = 0) -> Path:
-    """A small safetensors file shaped like an adapter artifact, with xlt metadata."""
+    """A small adapter file for the tiny BERT (hidden 32, 2 layers) with xlt metadata, as
+    save_adapter writes it: loadable on that base (registering proves it)."""
     rng = np.random.default_rng(seed)
-    tensors = {"lora.A": rng.standard_normal((4, 32)).astype(np.float32),
-               "head.weight": rng.standard_normal((8, 32)).astype(np.float32)}
-    meta = {"config": {"kind": "lora", "r": 4}}
+    meta: dict = {"format": 1, "config": adapter_config()}
     if base_fingerprint:
         meta["base_fingerprint"] = base_fingerprint
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"xlt": json.dumps(meta)})
+    save_file(adapter_tensors(rng), str(path), metadata={"xlt": json.dumps(meta)})
     return path
