@@ -292,7 +292,7 @@ def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
                + [{"prediction_id": f"{i}.AAAAAAAAAAAAAAAAAAAAAAAA", "label": "flags"}
                   for i in ids])
     for token in (None, "not-a-token-0123456789", PREDICTOR, ADMIN, OTHER, CLIENT):
-        for chunk in (guesses[:100], guesses[100:]):
+        for chunk in (guesses[:50], guesses[50:]):
             code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": chunk},
                                 token=token)
             assert code in (401, 403), (token, code, answer)
