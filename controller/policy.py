@@ -226,6 +226,17 @@ class MetricsPolicy(Strict):
     host: str = "127.0.0.1"
 
 
+class ServePolicy(Strict):
+    """`xlt serve`: who may call it, and how much one request may ask (docs/serving.md)."""
+
+    require_auth: bool = True  # False: anyone who reaches the port predicts and labels
+    tokens_file: str | None = None  # lines `TOKEN scope,scope`; also $XLT_SERVE_TOKENS
+    max_texts_per_request: int = Field(256, ge=1, le=4096)
+    max_text_chars: int = Field(2000, ge=1, le=100_000)
+    max_feedback_per_request: int = Field(256, ge=1, le=10_000)
+    reveal_arm: bool = False  # True: answers carry role, version and base
+
+
 def base_ref(value: str) -> str:
     """A base encoder reference as a policy names it: NAME@VERSION (the registry's rule);
     a bad one is the field's error."""
@@ -328,6 +339,7 @@ class Policy(Strict):
     metrics: MetricsPolicy = Field(default_factory=MetricsPolicy)
     upgrade: UpgradePolicy | None = None
     attempts: AttemptPolicy = Field(default_factory=AttemptPolicy)
+    serve: ServePolicy = Field(default_factory=ServePolicy)
 
     @field_validator("no_text_languages")
     @classmethod

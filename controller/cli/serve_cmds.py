@@ -36,14 +36,19 @@ def serve(app: AppContext, host: str, port: int, policy_path: str | None, device
           backend: str, max_batch: int, max_wait_ms: float, no_embeddings: bool,
           no_warm: bool) -> None:
     """Serve predictions over HTTP: POST /v1/predict, POST /v1/feedback, GET /healthz,
-    GET /readyz. Routes follow the registry (canary, promotions, rollbacks) without restart;
-    every prediction is logged to the traffic log that drift and canary analysis read."""
+    GET /readyz, GET /v1/models. Needs a bearer token ($XLT_SERVE_TOKENS or the policy's
+    [serve] tokens_file, lines `TOKEN scope,scope`; docs/serving.md). Routes follow the
+    registry (canary, promotions, rollbacks) without restart; every prediction is logged to
+    the traffic log that drift and canary analysis read."""
     import uvicorn
 
     from controller.serve.app import create_app
+    from controller.serve.auth import Authenticator
     from controller.serve.engine import Engine
 
     policy = load_policy(policy_path)
+    # refused here, before the port is taken, when auth is required and no token is set
+    auth = Authenticator.from_config(policy.serve.require_auth, policy.serve.tokens_file)
     if not port_free(host, port):
         raise InvalidInput(f"port {port} on {host} is in use", "pick another with --port")
     reg = app.registry()
@@ -51,6 +56,7 @@ def serve(app: AppContext, host: str, port: int, policy_path: str | None, device
                     log_embeddings=not no_embeddings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     api = create_app(engine, warm=not no_warm, max_batch_rows=max_batch,
-                     max_wait_ms=max_wait_ms)
-    click.echo(f"xlt serve: http://{host}:{port} (backend {backend})", err=True)
+                     max_wait_ms=max_wait_ms, auth=auth)
+    mode = "bearer tokens" if auth.required else "NO AUTH ([serve] require_auth = false)"
+    click.echo(f"xlt serve: http://{host}:{port} (backend {backend}; {mode})", err=True)
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)

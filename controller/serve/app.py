@@ -4,11 +4,21 @@ Concurrent requests are gathered by a micro-batcher: one worker thread takes eve
 waiting (up to `max_batch_rows` texts, waiting at most `max_wait_ms` for more) and serves
 them as ONE engine batch, so requests in different languages share a forward pass. Model
 work runs on that thread, never on the event loop, which keeps /healthz answering while a
-batch runs.
+batch runs. A request longer than one batch is served in chunks, one after another, so
+other requests are batched between them. A batch that fails is served again request by
+request, so only the request that cannot be served fails.
 
-Errors: a malformed body is 422 with the field and reason; an unknown task or language
-without an adapter 404; an adapter refused at load (fingerprint) 409; the registry database
-unreachable 503. Every error body is {"error": "<one line>", "hint": "..."}.
+Auth (controller.serve.auth): every route but /healthz and /readyz needs a bearer token
+with its scope (predict, feedback, admin); a prediction_id is a receipt signed for the
+token that got it, and feedback is taken once per prediction, for receipts of the
+caller's own token only.
+
+Errors: every error body is {"error": "<one line>", "hint": "..."}: 401 no or an unknown
+token, 403 a token without the scope or a receipt not given to it; 422 a malformed body
+(including a lone surrogate or a control character in a string); 413 over a `[serve]`
+limit; 400 a bad language tag; 404 an unknown task or a language without an adapter; 409
+a second label for a prediction; 503 the registry database unreachable or the adapter of
+that language unloadable (tampered, missing); 500 anything else, for that request alone.
 """
 
 from __future__ import annotations
@@ -18,28 +28,42 @@ import concurrent.futures as cf
 import logging
 import queue
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from controller.serve.engine import Engine, request_from
+from controller.policy import ServePolicy
+from controller.serve.auth import Authenticator, Caller, Receipts, receipt_key
+from controller.serve.engine import AdapterUnavailable, Engine, request_from
 from controller.serve.engine import Request as EngineRequest
 from controller.serve.schema import FeedbackRequest, PredictRequest, PredictResponse
 from registry.errors import NotFound, RefusedChange, XltError
 
 log = logging.getLogger(__name__)
+ARM_FIELDS = ("version", "role", "base")
 
 
-def _error(status: int, message: str, hint: str = "") -> JSONResponse:
-    return JSONResponse({"error": message, "hint": hint}, status_code=status)
+def _error(status: int, message: str, hint: str = "",
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "hint": hint}, status_code=status,
+                        headers=headers)
+
+
+class Denied(Exception):
+    def __init__(self, status: int, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.hint = status, message, hint
 
 
 def status_of(exc: XltError) -> int:
+    if isinstance(exc, AdapterUnavailable):
+        return 503
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, RefusedChange):
@@ -87,18 +111,31 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            try:
-                results = self.engine.predict([r for r, _ in batch])
-            except Exception as exc:  # the whole batch failed (e.g. database down)
-                for _, fut in batch:
-                    fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                fut.set_result(result)
+            self._serve(batch)
+
+    def _serve(self, batch: list[tuple[EngineRequest, cf.Future[Any]]]) -> None:
+        try:
+            results = self.engine.predict([r for r, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:  # find the request that fails: each alone
+                for item in batch:
+                    self._serve([item])
+                return
+            if not isinstance(exc, XltError | OperationalError):
+                log.error("xlt serve: a request failed: %s: %s", type(exc).__name__,
+                          str(exc).splitlines()[0][:200] if str(exc) else "")
+            batch[0][1].set_exception(exc)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            fut.set_result(result)
 
 
 def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
-               max_wait_ms: float = 2.0) -> FastAPI:
+               max_wait_ms: float = 2.0, auth: Authenticator | None = None,
+               receipts: Receipts | None = None) -> FastAPI:
+    limits: ServePolicy = engine.policy.serve
+    auth = auth or Authenticator.from_config(limits.require_auth, limits.tokens_file)
+    receipts = receipts or Receipts(receipt_key(engine.registry.settings.home))
     state: dict[str, Any] = {"ready": False, "reason": "starting"}
 
     @asynccontextmanager
@@ -108,7 +145,7 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
                 n = await asyncio.to_thread(engine.warm)
                 log.info("xlt serve: %d adapters loaded", n)
             except Exception as exc:  # serve anyway; adapters load on first use
-                log.warning("xlt serve: warm-up failed: %s", exc)
+                log.warning("xlt serve: warm-up failed: %s", type(exc).__name__)
         state["batcher"] = Batcher(engine, max_batch_rows, max_wait_ms)
         state.update(ready=True, reason="")
         yield
@@ -117,6 +154,23 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
 
     app = FastAPI(title="xlt serve", lifespan=lifespan,
                   description="Cross-lingual adapters served from the xlt registry.")
+
+    def need(scope: str) -> Callable[..., Caller]:
+        def check(authorization: str | None = Header(None)) -> Caller:
+            caller = auth.caller(authorization)
+            if caller is None:
+                raise Denied(401, "no valid bearer token",
+                             "send `Authorization: Bearer TOKEN` (docs/serving.md)")
+            if scope not in caller.scopes:
+                raise Denied(403, f"this token lacks the {scope} scope",
+                             "ask an operator for a token with it")
+            return caller
+        return check
+
+    @app.exception_handler(Denied)
+    async def _denied(request: Request, exc: Denied) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, exc.hint, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,6 +190,18 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
     async def _db(request: Request, exc: OperationalError) -> JSONResponse:
         return _error(503, "the registry database is unreachable", "retry later")
 
+    async def guarded(work: Awaitable[Any]) -> Any:
+        """A failure that is not the client's is a 500 JSON for this request alone, logged
+        as one line (no traceback, nothing of the request)."""
+        try:
+            return await work
+        except (XltError, OperationalError, Denied):
+            raise
+        except Exception as exc:
+            log.error("xlt serve: internal error: %s", type(exc).__name__)
+            return _error(500, f"internal error ({type(exc).__name__})",
+                          "the server logged it; retry later")
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -146,27 +212,71 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
             return _error(503, f"not ready: {state['reason']}")
         try:
             await asyncio.to_thread(_ping, engine)
+            broken = await asyncio.to_thread(engine.unready)
         except Exception as exc:
             return _error(503, f"registry unreachable: {type(exc).__name__}")
-        return JSONResponse({"status": "ready", **engine.describe()})
+        if broken:
+            return _error(503, f"not ready: {len(broken)} routed adapter(s) cannot be "
+                          f"loaded: {'; '.join(broken)}",
+                          "restore the adapter's file or roll its track back")
+        return JSONResponse({"status": "ready", "adapters": len(engine.describe()["adapters"])})
 
-    @app.post("/v1/predict", response_model=PredictResponse)
-    async def predict(body: PredictRequest) -> Any:
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    async def predict(body: PredictRequest, caller: Caller = Depends(need("predict"))) -> Any:
+        if len(body.texts) > limits.max_texts_per_request:
+            return _error(413, f"{len(body.texts)} texts in one request; the limit is "
+                          f"{limits.max_texts_per_request}", "split the request")
+        longest = max(len(t) for t in body.texts)
+        if longest > limits.max_text_chars:
+            return _error(413, f"a text of {longest} characters; the limit is "
+                          f"{limits.max_text_chars}", "shorten or split the text")
         req = request_from(body.task, body.texts, body.language, body.languages,
                            body.routing_key, body.routing_keys)
-        result = await asyncio.wrap_future(state["batcher"].submit(req))
-        if isinstance(result, XltError):
-            raise result
-        return {"task": body.task, "predictions": [vars(s) for s in result]}
+        return await guarded(_predict(req, caller))
+
+    async def _predict(req: EngineRequest, caller: Caller) -> dict[str, Any]:
+        served = []
+        step = max(1, max_batch_rows)
+        for lo in range(0, len(req.texts), step):  # chunks, one after another
+            part = EngineRequest(req.task, req.languages[lo:lo + step],
+                                 req.texts[lo:lo + step], req.routing_keys[lo:lo + step])
+            result = await asyncio.wrap_future(state["batcher"].submit(part))
+            if isinstance(result, XltError):
+                raise result
+            served += result
+        rows = []
+        for s in served:
+            row = vars(s).copy()
+            pid = row.pop("prediction_id")
+            row["prediction_id"] = (receipts.issue(pid, req.task, caller.token_id)
+                                    if pid is not None else None)
+            if not limits.reveal_arm:
+                for name in ARM_FIELDS:
+                    row.pop(name)
+            rows.append(row)
+        return {"task": req.task, "predictions": rows}
 
     @app.post("/v1/feedback")
-    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
-        items = [(f.prediction_id, f.label) for f in body.feedback]
-        n = await asyncio.to_thread(engine.feedback, body.task, items)
+    async def feedback(body: FeedbackRequest,
+                       caller: Caller = Depends(need("feedback"))) -> Any:
+        if len(body.feedback) > limits.max_feedback_per_request:
+            return _error(413, f"{len(body.feedback)} labels in one request; the limit is "
+                          f"{limits.max_feedback_per_request}", "split the request")
+        items = []
+        for f in body.feedback:
+            pid = receipts.check(f.prediction_id, body.task, caller.token_id)
+            if pid is None:
+                raise Denied(403, "a prediction_id is not one this token was given for "
+                             f"task {body.task}; nothing was recorded",
+                             "send the prediction_id /v1/predict returned to this token")
+            items.append((pid, f.label))
+        n = await guarded(asyncio.to_thread(engine.feedback, body.task, items))
+        if isinstance(n, JSONResponse):
+            return n
         return {"task": body.task, "recorded": n}
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(caller: Caller = Depends(need("admin"))) -> dict[str, Any]:
         return engine.describe()
 
     return app

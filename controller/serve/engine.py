@@ -10,6 +10,7 @@ canary's on base B), and each group is one forward pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -18,16 +19,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from controller.policy import Policy
 from controller.serve.backends import Key, make_backend
 from registry import queries
-from registry.errors import InvalidInput, NotFound, XltError
+from registry.errors import InvalidInput, NotFound, RefusedChange, XltError
 from registry.languages import canonical_language
 from registry.routing import CachedResolver, Resolution
+from registry.schema import InferenceEvent
 from registry.service import Registry
 
 log = logging.getLogger(__name__)
+
+
+RELOAD_AFTER_S = 30.0  # an adapter that failed to load is tried again after this long
+
+
+class AdapterUnavailable(XltError):
+    """An adapter the registry routes to cannot be loaded here (its file changed on disk,
+    is missing, or is refused at load): a server-side failure of that language only."""
+
+    exit_code = 1
 
 
 class BatchResolver(CachedResolver):
@@ -75,6 +89,7 @@ class Engine:
         self.resolver = BatchResolver(self.registry)
         self.backend = make_backend(self.backend_name, self._load_base)
         self._adapters: dict[Key, str] = {}  # -> base ref the adapter was trained on
+        self.unloadable: dict[Key, tuple[float, str]] = {}  # -> (when, why) it failed
         self._lock = threading.Lock()  # one batch at a time: the layers hold per-batch slots
         self.batches = 0
 
@@ -84,25 +99,65 @@ class Engine:
         return load_base(self.registry, ref, self.device)[1]  # fingerprint checked
 
     def _adapter(self, key: Key) -> str:
-        """Load an adapter version on its own base (once); returns that base's ref."""
-        if key not in self._adapters:
-            task, language, version = key
+        """Load an adapter version on its own base (once); returns that base's ref. One
+        that cannot be loaded is AdapterUnavailable (tried again after RELOAD_AFTER_S);
+        the database being unreachable is raised as it is."""
+        if key in self._adapters:
+            return self._adapters[key]
+        task, language, version = key
+        failed = self.unloadable.get(key)
+        if failed and time.monotonic() - failed[0] < RELOAD_AFTER_S:
+            raise self._unavailable(key, failed[1])
+        try:
             row, path = self.registry.adapter_weights(task, language, version)  # sha256
             base = self.registry.query(queries.show_adapter, task, language, version)["base"]
             self.backend.load(key, base, path)  # fingerprint checked against that base
-            self._adapters[key] = base
-        return self._adapters[key]
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:
+            why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            self.unloadable[key] = (time.monotonic(), why)
+            log.error("xlt serve: adapter %s/%s v%d cannot be loaded: %s", task, language,
+                      version, why)
+            raise self._unavailable(key, why) from exc
+        self.unloadable.pop(key, None)
+        self._adapters[key] = base
+        return base
+
+    @staticmethod
+    def _unavailable(key: Key, why: str) -> AdapterUnavailable:
+        task, language, version = key
+        return AdapterUnavailable(f"the adapter serving {task}/{language} (v{version}) "
+                                  f"cannot be loaded: {why}",
+                                  "an operator must restore or roll back that adapter")
 
     def warm(self, task: str | None = None) -> int:
-        """Load every champion and canary now, so the first requests do not pay for it."""
+        """Load every champion and canary now, so the first requests do not pay for it;
+        one that cannot be loaded is noted (readiness reports it) and the rest still load."""
         n = 0
         for row in self.registry.status(task):
             for field_name in ("champion", "canary"):
                 version = row.get(field_name)
                 if version:
-                    self._adapter((row["task"], row["language"], int(version)))
-                    n += 1
+                    try:
+                        self._adapter((row["task"], row["language"], int(version)))
+                        n += 1
+                    except AdapterUnavailable:
+                        continue
         return n
+
+    def unready(self) -> list[str]:
+        """Adapters the registry routes to (champion or canary) that failed to load."""
+        if not self.unloadable:
+            return []
+        routed = {(r["task"], r["language"], int(r[f])) for r in self.registry.status()
+                  for f in ("champion", "canary") if r.get(f)}
+        for key in sorted(routed & set(self.unloadable)):  # restored since? try again
+            if time.monotonic() - self.unloadable[key][0] >= RELOAD_AFTER_S:
+                with self._lock, contextlib.suppress(AdapterUnavailable):
+                    self._adapter(key)
+        return [f"{t}/{lang} v{v}: {self.unloadable[(t, lang, v)][1]}"
+                for t, lang, v in sorted(routed & set(self.unloadable))]
 
     def route(self, task: str, language: str, key: str) -> Resolution:
         r = self.resolver.resolve(task, language, key)
@@ -186,13 +241,36 @@ class Engine:
             s.prediction_id = pid
 
     def feedback(self, task: str, items: Sequence[tuple[int, str]]) -> int:
-        """Attach true labels to earlier predictions (canary analysis compares accuracy)."""
+        """Attach true labels to earlier predictions (canary analysis compares accuracy).
+        Once each: a prediction that already has a label, or one given twice, refuses the
+        whole request (a conditional update, so two racing requests cannot both land)."""
         known = self.task_labels(task)
         for pid, label in items:
             if known and label not in known:
                 raise InvalidInput(f"label {label!r} of prediction {pid} is not a label of "
                                    f"{task}", f"labels: {', '.join(sorted(known))}")
-        return self.registry.record_feedback(task, dict(items))
+        ids = [pid for pid, _ in items]
+        if len(set(ids)) != len(ids):
+            raise RefusedChange("a prediction is labelled twice in one request",
+                                "send each prediction_id once")
+        with self.registry.unit_of_work() as uow:
+            rows = set(uow.session.scalars(select(InferenceEvent.id).where(
+                InferenceEvent.id.in_(ids), InferenceEvent.task == task)))
+            missing = sorted(set(ids) - rows)
+            if missing:
+                raise NotFound(f"no prediction of task {task} with {len(missing)} of the "
+                               "given ids", "send the prediction_id returned by /v1/predict")
+            labelled = 0  # rows that had a label when updated (before, or by a racer)
+            for pid, label in items:
+                done = uow.session.execute(
+                    update(InferenceEvent).where(InferenceEvent.id == pid,
+                                                 InferenceEvent.feedback_label.is_(None))
+                    .values(feedback_label=label)).rowcount
+                labelled += 0 if done else 1
+            if labelled:
+                raise RefusedChange(f"{labelled} of the predictions already have a label; "
+                                    "nothing was recorded", "a prediction takes one label")
+        return len(items)
 
     def task_labels(self, task: str) -> set[str]:
         return {name for key, base in self._adapters.items() if key[0] == task

@@ -4,6 +4,7 @@ log, feedback, and bad requests answered 4xx with a reason."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import json
 import os
@@ -34,6 +35,12 @@ from tests.support.mlflow_support import free_port
 from tests.support.serve_support import LABELS, TASK, make_lora_file, register_lora
 
 TEXTS = {"sw": "uso tabasamu", "yo": "paka mbwa", "hi": "gari basi", "sw-KE": "mpira"}
+CLIENT = "client-token-0123456789abcdef"  # predict, feedback
+OTHER = "other-client-0123456789abcdef"  # predict, feedback: another client
+PREDICTOR = "predict-only-0123456789abcdef"  # predict
+ADMIN = "admin-token-0123456789abcdef"  # admin
+TOKENS = (f"{CLIENT} predict,feedback\n{OTHER} predict,feedback\n{PREDICTOR} predict\n"
+          f"{ADMIN} admin\n")
 
 
 def test_mixed_batch_is_one_forward_pass_with_each_rows_adapter(tmp_path: Path,
@@ -70,10 +77,14 @@ def test_mixed_batch_is_one_forward_pass_with_each_rows_adapter(tmp_path: Path,
                        torch.zeros_like(multi.layers[next(iter(multi.layers))].A[0]))
 
 
-def call(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+def call(url: str, body: Any = None, raw: bytes | None = None,
+         token: str | None = CLIENT) -> tuple[int, dict[str, Any]]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None
                                         else None)
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -87,8 +98,7 @@ def xlt(home: Path, db: str, *args: str) -> subprocess.CompletedProcess[str]:
                           env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture
-def served(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Iterator[tuple[str, Registry]]:
+def start_registry(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Registry:
     home = tmp_path / "home"
     reg = Registry(load_settings(home=home, database_url=db_url), "tester")
     reg.init()
@@ -97,10 +107,20 @@ def served(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Iterator[tuple[
         register_lora(reg, tiny_model_dir, tmp_path, lang, seed)
         reg.promote(TASK, lang, 1)
     register_lora(reg, tiny_model_dir, tmp_path, "sw", 10)  # sw v2, a candidate
+    return reg
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, reg: Registry, policy_text: str,
+            tokens: str | None = TOKENS) -> Iterator[str]:
     policy = tmp_path / "policy.toml"
-    policy.write_text('no_text_languages = ["yo"]\n')
+    policy.write_text(policy_text)
     port = free_port()
-    env = {**os.environ, "XLT_HOME": str(home), "XLT_DATABASE_URL": db_url}
+    env = {**os.environ, "XLT_HOME": str(reg.settings.home),
+           "XLT_DATABASE_URL": reg.settings.database_url}
+    env.pop("XLT_SERVE_TOKENS", None)
+    if tokens is not None:
+        env["XLT_SERVE_TOKENS"] = tokens
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - kept by the child
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--host",
                              "127.0.0.1", "--port", str(port), "--policy", str(policy)],
@@ -112,12 +132,13 @@ def served(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Iterator[tuple[
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             with contextlib.suppress(OSError):
-                if call(f"{url}/readyz")[0] == 200:
-                    break
+                code, body = call(f"{url}/readyz")
+                if code == 200 or "starting" not in body.get("error", "starting"):
+                    break  # up: ready, or not ready for a reason of its own
             time.sleep(0.2)
         else:
             pytest.fail("xlt serve was not ready in 120 s")
-        yield url, reg
+        yield url
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -127,6 +148,21 @@ def served(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Iterator[tuple[
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+        assert CLIENT not in (tmp_path / "serve.log").read_text()  # tokens never logged
+
+
+@pytest.fixture
+def served(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Iterator[tuple[str, Registry]]:
+    """`xlt serve` with tokens, revealing the arm (the promotion test reads `version`)."""
+    reg = start_registry(tmp_path, db_url, tiny_model_dir)
+    with serving(tmp_path, reg, 'no_text_languages = ["yo"]\n[serve]\nreveal_arm = true\n'
+                 ) as url:
+        assert call(f"{url}/readyz")[0] == 200
+        yield url, reg
+
+
+def row_id(receipt: str) -> int:
+    return int(receipt.split(".")[0])
 
 
 def predict(url: str, languages: list[str], keys: list[str] | None = None
@@ -185,7 +221,7 @@ def test_serve_mixed_languages_follow_promotion_and_log_traffic(served) -> None:
         {"prediction_id": pid, "label": "animals"}]})
     assert (code, fb["recorded"]) == (200, 1)
     with reg.reading() as s:
-        assert s.get(InferenceEvent, pid).feedback_label == "animals"
+        assert s.get(InferenceEvent, row_id(pid)).feedback_label == "animals"
 
 
 BAD = [
@@ -213,7 +249,141 @@ def test_bad_requests_get_4xx_with_a_reason(served) -> None:
     code, answer = call(f"{url}/v1/predict", raw=b"{not json")
     assert code == 422 and answer["error"]
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": 999999, "label": "animals"}]})
-    assert code == 404 and "999999" in answer["error"]
-    code, answer = call(f"{url}/healthz")
+        {"prediction_id": "999999.forged", "label": "animals"}]})
+    assert code == 403 and "not one this token was given" in answer["error"]
+    code, answer = call(f"{url}/healthz", token=None)
     assert (code, answer["status"]) == (200, "ok")
+    # over the [serve] limits: 413 naming the limit
+    code, answer = call(f"{url}/v1/predict", {"task": TASK, "texts": ["x"] * 257,
+                                              "language": "sw", "routing_key": "k"})
+    assert code == 413 and "limit is 256" in answer["error"]
+    code, answer = call(f"{url}/v1/predict", {"task": TASK, "texts": ["x" * 2001],
+                                              "language": "sw", "routing_key": "k"})
+    assert code == 413 and "limit is 2000" in answer["error"]
+    code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
+        {"prediction_id": f"{i}.x", "label": "animals"} for i in range(1, 258)]})
+    assert code == 413 and "limit is 256" in answer["error"]
+    # a long request is served in chunks of --max-batch (64), in order
+    code, answer = call(f"{url}/v1/predict", {"task": TASK, "texts": ["paka"] * 150,
+                                              "language": "sw", "routing_key": "k"})
+    assert code == 200 and len(answer["predictions"]) == 150
+    assert len({p["prediction_id"] for p in answer["predictions"]}) == 150
+
+
+def labels_now(reg: Registry) -> list[tuple[int, str | None]]:
+    with reg.reading() as s:
+        return list(s.execute(select(InferenceEvent.id, InferenceEvent.feedback_label)
+                              .order_by(InferenceEvent.id)).all())
+
+
+def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
+    """The attack of issue 29: wrong labels on guessed ids while a canary runs."""
+    url, reg = served
+    reg.start_canary(TASK, "sw", 2, 0.5)
+    code, body = call(f"{url}/v1/predict", {"task": TASK, "texts": ["paka"] * 40,
+                                            "language": "sw",
+                                            "routing_keys": [f"u{i}" for i in range(40)]})
+    assert code == 200
+    receipts = [p["prediction_id"] for p in body["predictions"]]
+    before = labels_now(reg)
+    assert {lbl for _, lbl in before} == {None}
+    ids = [i for i, _ in before]
+    guesses = ([{"prediction_id": str(i), "label": "flags"} for i in ids]
+               + [{"prediction_id": f"{i}.AAAAAAAAAAAAAAAAAAAAAAAA", "label": "flags"}
+                  for i in ids])
+    for token in (None, "not-a-token-0123456789", PREDICTOR, ADMIN, OTHER, CLIENT):
+        for chunk in (guesses[:50], guesses[50:]):
+            code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": chunk},
+                                token=token)
+            assert code in (401, 403), (token, code, answer)
+            assert set(answer) == {"error", "hint"} and "\n" not in answer["error"]
+    # another client's own receipts are refused too; predicting needs a token
+    code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
+        {"prediction_id": receipts[0], "label": "flags"}]}, token=OTHER)
+    assert code == 403
+    assert call(f"{url}/v1/predict", {"task": TASK, "texts": ["x"], "language": "sw",
+                                      "routing_key": "k"}, token=None)[0] == 401
+    assert call(f"{url}/v1/models", token=CLIENT)[0] == 403
+    assert call(f"{url}/v1/models", token=ADMIN)[0] == 200
+    assert labels_now(reg) == before  # the canary's evidence is unchanged
+
+    # the caller's own receipts: once each
+    one = {"prediction_id": receipts[0], "label": "animals"}
+    assert call(f"{url}/v1/feedback", {"task": TASK, "feedback": [one, one]})[0] == 409
+    assert call(f"{url}/v1/feedback", {"task": TASK, "feedback": [one]})[0] == 200
+    code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
+        {"prediction_id": receipts[0], "label": "flags"}]})
+    assert code == 409 and "already have a label" in answer["error"]
+    code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
+        {"prediction_id": receipts[1], "label": "food"},
+        {"prediction_id": receipts[0], "label": "flags"}]})
+    assert code == 409  # all or nothing: receipts[1] is not labelled either
+    after = dict(labels_now(reg))
+    assert after[row_id(receipts[0])] == "animals" and after[row_id(receipts[1])] is None
+    # a receipt is for its task
+    code, _ = call(f"{url}/v1/feedback", {"task": "other-task", "feedback": [
+        {"prediction_id": receipts[2], "label": "food"}]})
+    assert code == 403
+
+
+def test_a_poison_pill_fails_alone(served) -> None:
+    url, reg = served
+    good = {"task": TASK, "texts": ["paka mbwa", "gari"], "languages": ["sw", "hi"],
+            "routing_key": "k"}
+    pills = [{**good, "texts": ["paka \ud800", "gari"]},  # lone surrogate (SQLite)
+             {**good, "texts": ["paka\x00", "gari"]},  # NUL (PostgreSQL)
+             {**good, "texts": ["paka", "gari\x07"]},  # another control character
+             {**good, "routing_key": "k\x00"},
+             {**good, "languages": ["sw\udfff", "hi"]}]
+    bodies = [good] * 30 + pills * 2
+    import random
+    random.Random(7).shuffle(bodies)
+    with cf.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda b: call(f"{url}/v1/predict", b), bodies))
+    for body, (code, answer) in zip(bodies, answers, strict=True):
+        if body is good:
+            assert code == 200 and len(answer["predictions"]) == 2, answer
+        else:
+            assert code == 422 and answer["error"], (body, answer)
+            assert "surrogate" in answer["error"] or "control character" in answer["error"]
+    # NFC: a decomposed text is served and logged composed
+    code, answer = call(f"{url}/v1/predict", {**good, "texts": ["cafe\u0301", "gari"]})
+    assert code == 200
+    with reg.reading() as s:
+        assert s.get(InferenceEvent, row_id(answer["predictions"][0]["prediction_id"])
+                     ).text == "caf\u00e9"
+
+
+def test_a_tampered_champion_is_not_ready_and_only_its_language_fails(
+        tmp_path: Path, db_url: str, tiny_model_dir: Path) -> None:
+    reg = start_registry(tmp_path, db_url, tiny_model_dir)
+    _, path = reg.adapter_weights(TASK, "hi", 1)
+    path.chmod(0o644)
+    with open(path, "ab") as f:
+        f.write(b"tampered")
+    with serving(tmp_path, reg, "") as url:  # the default policy: the arm is not revealed
+        code, answer = call(f"{url}/readyz")
+        assert code == 503 and f"{TASK}/hi v1" in answer["error"], answer
+        code, answer = predict(url, ["sw", "yo"])
+        assert code == 200, answer  # warm-up went on past hi; other languages serve
+        assert not {"role", "version", "base"} & set(answer["predictions"][0])
+        code, answer = predict(url, ["hi"])
+        assert code == 503 and f"{TASK}/hi" in answer["error"], answer
+        code, answer = predict(url, ["sw", "hi"])
+        assert code == 503
+
+
+def test_serve_refuses_to_start_without_a_token(tmp_path: Path, sqlite_url: str) -> None:
+    env = {**os.environ, "XLT_HOME": str(tmp_path / "home"), "XLT_DATABASE_URL": sqlite_url}
+    env.pop("XLT_SERVE_TOKENS", None)
+    done = subprocess.run([sys.executable, "-m", "controller.cli", "serve", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "XLT_SERVE_TOKENS" in done.stderr and "needs a token" in done.stderr
+    env["XLT_SERVE_TOKENS"] = "short predict"
+    done = subprocess.run([sys.executable, "-m", "controller.cli", "serve", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "16 characters" in done.stderr
+    assert "short" not in done.stderr.replace("16 characters", "")
