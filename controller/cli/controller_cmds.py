@@ -9,8 +9,8 @@ from datetime import datetime
 
 import click
 
-from controller.cli import cli
 from controller.cli.context import AppContext, load_policy, pass_app
+from controller.cli.group import cli
 from controller.cli.options import lang_option, task_option
 from controller.cli.registry_cmds import canary
 from controller.runtime.bootstrap import build_controller, build_operations

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from controller.cli import cli, fail
 from controller.cli.context import AppContext, load_policy, pass_app
+from controller.cli.group import cli, fail
 from controller.cli.options import json_option, lang_list, task_value
 from controller.cli.output import emit_json, emit_table
 from controller.runtime.bootstrap import build_operations

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from controller.cli import cli
 from controller.cli.context import AppContext, pass_app
+from controller.cli.group import cli
 from controller.cli.options import (
     json_option,
     lang_option,

@@ -7,8 +7,8 @@ import subprocess
 
 import click
 
-from controller.cli import cli
 from controller.cli.context import AppContext, pass_app
+from controller.cli.group import cli
 from controller.cli.options import json_option
 from controller.cli.output import emit_json, emit_table
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from controller.cli import cli
 from controller.cli.context import AppContext, pass_app
+from controller.cli.group import cli
 from controller.cli.options import json_option, lang_list, task_value
 from controller.cli.output import emit_json, emit_table
 from controller.policy import load_policy

@@ -6,8 +6,8 @@ import logging
 
 import click
 
-from controller.cli import cli
 from controller.cli.context import AppContext, pass_app
+from controller.cli.group import cli
 from controller.mlflow_mirror.server import port_free
 from controller.policy import load_policy
 from registry.errors import InvalidInput

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from controller.cli import cli
 from controller.cli.context import AppContext, pass_app
+from controller.cli.group import cli
 from controller.cli.options import json_option, lang_option, task_option
 from controller.cli.output import emit_json, emit_record, emit_table
 

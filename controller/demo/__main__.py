@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from controller.cli import quiet_libraries
+from controller.cli.group import quiet_libraries
 
 quiet_libraries()
 

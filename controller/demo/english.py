@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.cli import quiet_libraries
+from controller.cli.group import quiet_libraries
 
 quiet_libraries()
 
