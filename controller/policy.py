@@ -321,6 +321,9 @@ class Policy(Strict):
     check_interval_s: float = Field(3600.0, gt=0)
     tick_interval_s: float = Field(30.0, gt=0)
     outbox_interval_s: float = Field(10.0, gt=0)
+    # a leader silent this long (hung with its session alive) loses the lock to a standby
+    # (controller.runtime.leader); well above the 1 s heartbeat and a tick's longest step
+    leader_lease_s: float = Field(120.0, ge=5)
     cooldown_s: float = Field(6 * 3600.0, ge=0)
     guard_window_s: float = Field(3600.0, ge=0)
     guard_max_accuracy_drop: float = Field(0.05, ge=0, le=1)

@@ -54,7 +54,8 @@ def build_controller(registry: Registry, policy: Policy, *, ops: Operations | No
     with the policy's executor, and the process around them."""
     reg = controller_registry(registry, policy, actor)
     ops = ops if ops is not None else build_operations(reg, policy, clock=clock)
-    leader = LeaderLock(reg.db, reg.settings.home, report=report)
+    leader = LeaderLock(reg.db, reg.settings.home, report=report,
+                        lease_s=policy.leader_lease_s)
     executor = executor or make_executor(policy.executor, reg, policy_path, ops.train, policy)
     reconciler = FencedReconciler(reg, policy, ops, clock or SystemClock(), leader=leader,
                                   executor=executor, actor=actor)

@@ -15,6 +15,14 @@ that the backend holding our lock still holds it. (If the lock goes between that
 the commit, the other replica's SELECT ... FOR UPDATE of the track waits for our commit and
 then sees a new revision, so its step is refused as stale: the revision is the last fence.)
 
+A holder that hangs with its session alive (SIGSTOP, a stuck process) would keep the lock
+for as long as it hangs: the lock's session still answers the server. So the lock is also a
+lease. The holder asks the server whether it holds the lock every heartbeat, which renews
+its session's `query_start`; a standby that finds the holder silent for longer than
+`lease_s` ends the holder's session (pg_terminate_backend, in this database only) and takes
+the lock. The hung holder, when it wakes, fails its next fence and stops acting; a
+transaction of its already past the fence is refused by the track's revision.
+
 Outages are reported once: one line when the lock or the database is lost, one when the
 lock is held again, with how long it took; nothing per failed attempt.
 """
@@ -43,6 +51,12 @@ log = logging.getLogger("xlt.controller")
 
 _HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
          "AND pid = {pid} AND granted")
+# the session holding the lock in this database, and how long since it last asked anything
+_HOLDER = ("SELECT l.pid, EXTRACT(EPOCH FROM now() - a.query_start) FROM pg_locks l "
+           "JOIN pg_database d ON d.oid = l.database JOIN pg_stat_activity a ON a.pid = l.pid "
+           "WHERE l.locktype = 'advisory' AND l.objid = :k AND l.granted "
+           "AND d.datname = current_database()")
+LEASE_S = 120.0  # the default; a policy sets its own (leader_lease_s)
 
 
 class LostLeadership(Exception):  # noqa: N818 (a signal to stop, not a user error)
@@ -51,8 +65,10 @@ class LostLeadership(Exception):  # noqa: N818 (a signal to stop, not a user err
 
 class LeaderLock:
     def __init__(self, db: Database, home: Path,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None,
+                 lease_s: float = LEASE_S) -> None:
         self.db = db
+        self.lease_s = lease_s
         self.home = home
         self.key = zlib.crc32(LOCK_NAME.encode())
         self.report = report or log.warning
@@ -139,6 +155,14 @@ class LeaderLock:
                 if fresh:
                     self._outage(exc)
                     return False
+        if not got and self._end_hung_holder():
+            # the ended session lets go of its locks as it exits: a moment, not at once
+            for _ in range(50):
+                got = bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                              {"k": self.key}).scalar())
+                if got:
+                    break
+                time.sleep(0.05)
         if not got:
             if not self._standby_said:
                 self.report("standby: another controller replica holds the leader lock")
@@ -152,6 +176,24 @@ class LeaderLock:
         self._down_since = None
         self.report(f"leader: leading{after} (lock session pid {pid})")
         return True
+
+    def _end_hung_holder(self) -> bool:
+        """End the holder's session when it has been silent past the lease (hung, not
+        dead: a dead session frees the lock by itself). True when one was ended."""
+        try:
+            row = self._conn.execute(text(_HOLDER), {"k": self.key}).first()
+            if row is None or row[1] is None or float(row[1]) <= self.lease_s:
+                return False
+            ended = bool(self._conn.execute(text("SELECT pg_terminate_backend(:p)"),
+                                            {"p": int(row[0])}).scalar())
+        except Exception as exc:  # the server went away meanwhile: the next heartbeat
+            log.debug("leader: checking the holder's lease failed: %s", exc)
+            return False
+        if ended:
+            self.report(f"leader: the holder (lock session pid {row[0]}) asked nothing for "
+                        f"{float(row[1]):.0f} s, past the {self.lease_s:g} s lease: its "
+                        "session was ended")
+        return ended
 
     def _lose(self, why: str) -> None:
         was = self.leading

@@ -38,6 +38,17 @@ HEARTBEAT_S = 1.0  # how soon a lost lock is re-taken once the database answers
 ENSURE_EVERY_S = 0.1  # how often a tick re-checks the lock between its tracks' steps
 
 
+def summarise(lines: list[str]) -> list[str]:
+    """A tick's lines for the log: every track that did something, one line each; the
+    tracks that had nothing due, one line for all (1,000 steady tracks would otherwise be
+    1,000 lines a tick, ~2.9 M a day at a 30 s tick)."""
+    steady = [line for line in lines if line.endswith(": steady")]
+    out = [line for line in lines if not line.endswith(": steady")]
+    if steady:
+        out.append(f"{len(steady)} track(s) steady, nothing due")
+    return out
+
+
 class FencedReconciler(Reconciler):
     """The reconciler, acting only while `leader` holds the lock: checked before each
     track's step, and inside each of its transactions by the context's fence."""
@@ -93,7 +104,7 @@ class Controller:
         except LostLeadership:
             self._observe(None, leader=False)
             return []  # the lock reported it; the heartbeat re-takes it
-        for line in lines:
+        for line in summarise(lines):
             self.report(line)
         self._observe(time.perf_counter() - started, leader=True)
         return lines

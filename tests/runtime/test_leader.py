@@ -96,3 +96,63 @@ def test_threads_share_one_lock_connection_through_a_reconnect(pg_url: str,
     assert _try_in_child(pg_url, tmp_path) is True
     assert sum("lost the leader lock" in ln for ln in lines) == 5, lines
     assert not any("database unavailable" in ln for ln in lines), lines
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from controller.runtime.leader import LeaderLock, LostLeadership
+from registry.db import Database
+lock = LeaderLock(Database(sys.argv[1]), Path(sys.argv[2]), report=lambda line: None,
+                  lease_s=2.0)
+assert lock.acquire()
+print("leading", flush=True)
+while True:  # the heartbeat: asks the server every 0.1 s while it runs
+    if not lock.acquire():
+        print("lost", flush=True)
+        break
+    time.sleep(0.1)
+db = Database(sys.argv[1])
+with db.writer() as session:
+    try:
+        lock.fence(session)
+        print("fence passed", flush=True)
+    except LostLeadership:
+        print("fenced out", flush=True)
+"""
+
+
+@pytest.mark.postgres
+def test_a_hung_leader_loses_the_lock_past_its_lease(pg_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, pg_url, str(tmp_path)],
+                              cwd=root, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    lines: list[str] = []
+    standby = LeaderLock(Database(pg_url), tmp_path, report=lines.append, lease_s=2.0)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "leading"
+        time.sleep(3.0)
+        assert standby.acquire() is False  # a live holder keeps renewing: no takeover
+        holder.send_signal(signal.SIGSTOP)  # hung: its session stays open and silent
+        deadline = time.monotonic() + 20
+        while not standby.acquire() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert standby.leading, lines
+        assert any("past the 2 s lease: its session was ended" in line for line in lines)
+        assert len(_advisory_holders(pg_url, standby.key)) == 1
+        holder.send_signal(signal.SIGCONT)
+        out, _ = holder.communicate(timeout=30)
+        assert out.split() == ["lost", "fenced", "out"], out  # it woke and stopped acting
+        assert standby.acquire()  # and never took the lock back
+    finally:
+        if holder.poll() is None:
+            holder.send_signal(signal.SIGCONT)
+            holder.kill()
+        standby.release()
