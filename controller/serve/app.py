@@ -354,3 +354,29 @@ def _release_rest(batcher: Batcher, rows: int) -> None:
 def _ping(engine: Engine) -> None:
     with engine.registry.db.read_engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+CONFIG_ENV = "XLT_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `xlt serve --workers N` worker process (uvicorn's factory), built from
+    the JSON the CLI put in $XLT_SERVE_CONFIG: its own registry connection, engine (the
+    bases loaded once in this process, torch threads = cores / workers) and traffic
+    writer; routes come from the shared registry, revalidated per batch, so every worker
+    follows a promotion made anywhere."""
+    import json
+    import os
+
+    from controller.policy import load_policy
+    from registry.service import Registry
+    from registry.settings import load_settings
+
+    cfg = json.loads(os.environ[CONFIG_ENV])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    reg = Registry(load_settings(cfg["home"], cfg["database_url"]), cfg["actor"])
+    policy = load_policy(cfg["policy"])
+    engine = Engine(reg, policy, device=cfg["device"], backend_name=cfg["backend"],
+                    log_embeddings=cfg["log_embeddings"], workers=cfg["workers"])
+    return create_app(engine, warm=cfg["warm"], max_batch_rows=cfg["max_batch"],
+                      max_wait_ms=cfg["max_wait_ms"])

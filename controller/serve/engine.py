@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -83,13 +82,13 @@ class Served:
 
 
 def threads_for(workers: int = 1, setting: int = 0) -> int:
-    """Torch threads of one serving process: the setting, else the machine's cores shared
-    between the workers (at least 1)."""
+    """Torch threads of one serving process: the setting, else 1. Measured on the shared
+    2-core machine (bench/results/scale-and-serving.md#serving): with other processes on
+    the cores, 2 intra-op threads made a MiniLM forward pass 8-30x SLOWER than 1 (the
+    threads spin waiting for each other); more cores are used by more workers."""
     if setting:
         return setting
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
+    return 1
 
 
 @dataclass
