@@ -16,8 +16,9 @@ and, with --backends, three ways of running the adapters in `xlt serve`:
 - peft: one PeftModel, `set_adapter` per language in a batch.
 
 Memory: resident size of the server with 8 and with 50 languages' champions loaded.
-Adapters are random LoRA weights (r=16 on query/key/value/dense, as xlt trains them) on the
-real all-MiniLM-L6-v2 (--base tiny for a quick run): speed and memory do not depend on the
+Adapters are random LoRA weights (r=16 on query/key/value/dense, as xlt trains them: every
+block of all-MiniLM-L6-v2, the top six of multilingual-e5-small) on the real bases
+(--base tiny for a quick run): speed and memory do not depend on the
 weights' values. Texts are CLDR emoji names and keywords of the 8 languages.
 
     python bench/serve_bench.py [--base minilm,me5-small|tiny] [--seconds 6] [--clients 8]
@@ -84,19 +85,25 @@ def base_dir(kind: str, tmp: Path) -> Path:
 
 
 def make_adapters(reg: Registry, model_dir: Path, tmp: Path, languages: list[str]) -> None:
-    """Random r=16 LoRA (xlt's default targets) + head per language, registered."""
+    """Random r=16 LoRA (xlt's default targets and depth: every block of a shallow base,
+    the recipe's top blocks of a deep one) + head per language, registered."""
     from peft import LoraConfig, get_peft_model
 
     from controller.data.cldr import LABELS
     from controller.encoders.text import TextEncoder
     from controller.training.artifact import save_adapter
+    from controller.training.distill import for_base
     from controller.training.head import LinearHead
     from tests.support.serve_support import randomize_lora
 
     encoder = TextEncoder(model_dir, device="cpu")
     fp = reg.query(encoder_by_ref, "bench@1").fingerprint
+    frozen = for_base(encoder.model.config).frozen_layers
+    layers = int(encoder.model.config.num_hidden_layers)
+    depth = ({"layers_to_transform": list(range(frozen, layers)), "layers_pattern": "layer"}
+             if frozen else {})
     student = get_peft_model(encoder.model, LoraConfig(
-        r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"]))
+        r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"], **depth))
     head = LinearHead(encoder.hidden_size, len(LABELS))
     for i, lang in enumerate(languages):
         randomize_lora(student, i, 0.02)
