@@ -395,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the resident size with 50 languages' champions")
     ap.add_argument("--no-mlflow", dest="mlflow", action="store_false")
     args = ap.parse_args(argv)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    # the raw pass runs with the servers' thread count: 1 (xlt's default; mlflow's server
+    # gets OMP_NUM_THREADS=1 below). 2 threads on the shared cores were 8-30x slower.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
     bases: dict[str, Any] = {}
     table = []
