@@ -235,6 +235,15 @@ class ServePolicy(Strict):
     max_text_chars: int = Field(2000, ge=1, le=100_000)
     max_feedback_per_request: int = Field(256, ge=1, le=10_000)
     reveal_arm: bool = False  # True: answers carry role, version and base
+    # batching and capacity (docs/serving.md#settings; defaults measured on 2 cores)
+    max_batch: int = Field(64, ge=1, le=4096)  # texts gathered from requests per batch
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)  # how long a batch waits for more
+    bucket_rows: int = Field(32, ge=1, le=4096)  # rows per forward pass, length-sorted
+    max_queue_rows: int = Field(2048, ge=1)  # texts waiting for a batch; more: 503
+    traffic_queue_rows: int = Field(16384, ge=1)  # predictions waiting for the log; more: dropped
+    traffic_write_rows: int = Field(1024, ge=1)  # predictions per traffic-log transaction
+    torch_threads: int = Field(0, ge=0, le=256)  # 0: the machine's cores / workers
+    workers: int = Field(1, ge=1, le=64)  # serving processes (`--workers`)
 
 
 def base_ref(value: str) -> str:

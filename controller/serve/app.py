@@ -34,10 +34,11 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from controller.observability.serve_metrics import REQUESTS_REFUSED, SERVE_REGISTRY
 from controller.policy import ServePolicy
 from controller.serve.auth import Authenticator, Caller, Receipts, receipt_key
 from controller.serve.engine import AdapterUnavailable, Engine, request_from
@@ -71,26 +72,51 @@ def status_of(exc: XltError) -> int:
     return 400
 
 
-class Batcher:
-    """Gathers concurrent requests into engine batches on one worker thread."""
+class Overloaded(Exception):
+    """The batch queue holds `max_queue_rows` texts already: answered 503 + Retry-After."""
 
-    def __init__(self, engine: Engine, max_batch_rows: int = 64, max_wait_ms: float = 2.0):
+
+class Batcher:
+    """Gathers concurrent requests into engine batches on one worker thread; at most
+    `max_queue_rows` texts wait (a request that would pass it is refused, not queued)."""
+
+    def __init__(self, engine: Engine, max_batch_rows: int = 64, max_wait_ms: float = 2.0,
+                 max_queue_rows: int = 2048):
         self.engine = engine
         self.max_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000
+        self.max_queue_rows = max_queue_rows
         self._queue: queue.Queue[tuple[EngineRequest, cf.Future[Any]] | None] = queue.Queue()
+        self._queued = 0  # texts waiting
+        self._count = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="xlt-serve-batcher",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, request: EngineRequest) -> cf.Future[Any]:
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def reserve(self, rows: int) -> None:
+        """Count `rows` texts as waiting, or raise Overloaded (nothing counted)."""
+        with self._count:
+            if self._queued and self._queued + rows > self.max_queue_rows:
+                REQUESTS_REFUSED.inc()
+                raise Overloaded(f"{self._queued} texts are waiting (limit "
+                                 f"{self.max_queue_rows})")
+            self._queued += rows
+
+    def submit(self, request: EngineRequest, reserved: bool = False) -> cf.Future[Any]:
+        if not reserved:
+            self.reserve(len(request.texts))
         fut: cf.Future[Any] = cf.Future()
         self._queue.put((request, fut))
         return fut
 
     def close(self) -> None:
+        """Serve what is queued, then stop."""
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=60)
 
     def _take(self) -> list[tuple[EngineRequest, cf.Future[Any]]] | None:
         first = self._queue.get()
@@ -111,7 +137,11 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            self._serve(batch)
+            try:
+                self._serve(batch)
+            finally:
+                with self._count:
+                    self._queued -= sum(len(r.texts) for r, _ in batch)
 
     def _serve(self, batch: list[tuple[EngineRequest, cf.Future[Any]]]) -> None:
         try:
@@ -130,10 +160,12 @@ class Batcher:
             fut.set_result(result)
 
 
-def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
-               max_wait_ms: float = 2.0, auth: Authenticator | None = None,
+def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int | None = None,
+               max_wait_ms: float | None = None, auth: Authenticator | None = None,
                receipts: Receipts | None = None) -> FastAPI:
     limits: ServePolicy = engine.policy.serve
+    max_batch_rows = max_batch_rows or limits.max_batch
+    max_wait_ms = limits.max_wait_ms if max_wait_ms is None else max_wait_ms
     auth = auth or Authenticator.from_config(limits.require_auth, limits.tokens_file)
     receipts = receipts or Receipts(receipt_key(engine.registry.settings.home))
     state: dict[str, Any] = {"ready": False, "reason": "starting"}
@@ -146,11 +178,16 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
                 log.info("xlt serve: %d adapters loaded", n)
             except Exception as exc:  # serve anyway; adapters load on first use
                 log.warning("xlt serve: warm-up failed: %s", type(exc).__name__)
-        state["batcher"] = Batcher(engine, max_batch_rows, max_wait_ms)
+        state["batcher"] = Batcher(engine, max_batch_rows, max_wait_ms,
+                                   limits.max_queue_rows)
         state.update(ready=True, reason="")
         yield
-        state["ready"] = False
-        state["batcher"].close()
+        state.update(ready=False, reason="shutting down")
+        # clean shutdown: uvicorn has let in-flight requests finish; serve what is queued,
+        # then write every prediction still waiting for the traffic log
+        await asyncio.to_thread(state["batcher"].close)
+        await asyncio.to_thread(engine.close)
+        log.info("xlt serve: stopped; traffic log: %s", engine.describe().get("traffic"))
 
     app = FastAPI(title="xlt serve", lifespan=lifespan,
                   description="Cross-lingual adapters served from the xlt registry.")
@@ -234,20 +271,39 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
                            body.routing_key, body.routing_keys)
         return await guarded(_predict(req, caller))
 
-    async def _predict(req: EngineRequest, caller: Caller) -> dict[str, Any]:
+    async def _predict(req: EngineRequest, caller: Caller) -> Any:
+        batcher: Batcher = state["batcher"]
+        try:
+            batcher.reserve(len(req.texts))  # the whole request, or none of it
+        except Overloaded as exc:
+            return _error(503, f"overloaded: {exc}", "retry after the Retry-After seconds",
+                          {"Retry-After": "1"})
         served = []
         step = max(1, max_batch_rows)
         for lo in range(0, len(req.texts), step):  # chunks, one after another
             part = EngineRequest(req.task, req.languages[lo:lo + step],
                                  req.texts[lo:lo + step], req.routing_keys[lo:lo + step])
-            result = await asyncio.wrap_future(state["batcher"].submit(part))
+            fut = batcher.submit(part, reserved=True)
+            try:
+                result = await asyncio.wrap_future(fut)
+            except BaseException:
+                _release_rest(batcher, len(req.texts) - lo - len(part.texts))
+                raise
             if isinstance(result, XltError):
+                _release_rest(batcher, len(req.texts) - lo - len(part.texts))
                 raise result
             served += result
+        ids: dict[int, list[int] | None] = {}  # the traffic writer's answers, per batch
+        for s in served:
+            if s.logged is not None and id(s.logged[0]) not in ids:
+                ids[id(s.logged[0])] = await asyncio.wrap_future(s.logged[0])
         rows = []
         for s in served:
             row = vars(s).copy()
-            pid = row.pop("prediction_id")
+            logged = row.pop("logged")
+            row.pop("prediction_id")
+            got = ids.get(id(logged[0])) if logged is not None else None
+            pid = got[logged[1]] if got is not None and logged is not None else None
             row["prediction_id"] = (receipts.issue(pid, req.task, caller.token_id)
                                     if pid is not None else None)
             if not limits.reveal_arm:
@@ -279,9 +335,48 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int = 64,
     async def models(caller: Caller = Depends(need("admin"))) -> dict[str, Any]:
         return engine.describe()
 
+    @app.get("/metrics")
+    async def metrics(caller: Caller = Depends(need("admin"))) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(SERVE_REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _release_rest(batcher: Batcher, rows: int) -> None:
+    """Chunks of a request never submitted (an earlier one failed): no longer waiting."""
+    if rows > 0:
+        with batcher._count:
+            batcher._queued -= rows
 
 
 def _ping(engine: Engine) -> None:
     with engine.registry.db.read_engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+CONFIG_ENV = "XLT_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `xlt serve --workers N` worker process (uvicorn's factory), built from
+    the JSON the CLI put in $XLT_SERVE_CONFIG: its own registry connection, engine (the
+    bases loaded once in this process, torch threads = cores / workers) and traffic
+    writer; routes come from the shared registry, revalidated per batch, so every worker
+    follows a promotion made anywhere."""
+    import json
+    import os
+
+    from controller.policy import load_policy
+    from registry.service import Registry
+    from registry.settings import load_settings
+
+    cfg = json.loads(os.environ[CONFIG_ENV])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    reg = Registry(load_settings(cfg["home"], cfg["database_url"]), cfg["actor"])
+    policy = load_policy(cfg["policy"])
+    engine = Engine(reg, policy, device=cfg["device"], backend_name=cfg["backend"],
+                    log_embeddings=cfg["log_embeddings"], workers=cfg["workers"])
+    return create_app(engine, warm=cfg["warm"], max_batch_rows=cfg["max_batch"],
+                      max_wait_ms=cfg["max_wait_ms"])

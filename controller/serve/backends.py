@@ -37,10 +37,12 @@ class BatchedBackend:
     def __init__(self, load_base: BaseLoader) -> None:
         self._load_base = load_base
         self.bases: dict[str, MultiAdapterBase] = {}
+        self.bucket_rows = 32  # rows per forward pass ([serve] bucket_rows)
 
     def base(self, ref: str) -> MultiAdapterBase:
         if ref not in self.bases:
-            self.bases[ref] = MultiAdapterBase(ref, self._load_base(ref))
+            self.bases[ref] = MultiAdapterBase(ref, self._load_base(ref),
+                                               bucket_rows=self.bucket_rows)
         return self.bases[ref]
 
     def load(self, key: Key, base_ref: str, path: Path) -> None:

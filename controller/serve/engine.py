@@ -10,6 +10,7 @@ canary's on base B), and each group is one forward pass.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import threading
@@ -24,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from controller.policy import Policy
 from controller.serve.backends import Key, make_backend
+from controller.serve.traffic import TrafficWriter
 from registry import queries
 from registry.errors import InvalidInput, NotFound, RefusedChange, XltError
 from registry.languages import canonical_language
@@ -74,6 +76,19 @@ class Served:
     version: int
     role: str
     base: str
+    # the traffic writer's future of its batch's row ids, and this row's place in them
+    logged: tuple[cf.Future[list[int] | None], int] | None = field(
+        default=None, repr=False, compare=False)
+
+
+def threads_for(workers: int = 1, setting: int = 0) -> int:
+    """Torch threads of one serving process: the setting, else 1. Measured on the shared
+    2-core machine (bench/results/scale-and-serving.md#serving): with other processes on
+    the cores, 2 intra-op threads made a MiniLM forward pass 8-30x SLOWER than 1 (the
+    threads spin waiting for each other); more cores are used by more workers."""
+    if setting:
+        return setting
+    return 1
 
 
 @dataclass
@@ -84,10 +99,20 @@ class Engine:
     backend_name: str = "batched"
     log_embeddings: bool = True
     log_traffic: bool = True
+    workers: int = 1  # serving processes on this machine (they share its cores)
 
     def __post_init__(self) -> None:
+        import torch
+
+        serve = self.policy.serve
+        torch.set_num_threads(threads_for(self.workers, serve.torch_threads))
         self.resolver = BatchResolver(self.registry)
         self.backend = make_backend(self.backend_name, self._load_base)
+        if hasattr(self.backend, "bucket_rows"):
+            self.backend.bucket_rows = serve.bucket_rows
+        self.writer = (TrafficWriter(self.registry, max_rows=serve.traffic_queue_rows,
+                                     write_rows=serve.traffic_write_rows)
+                       if self.log_traffic else None)
         self._adapters: dict[Key, str] = {}  # -> base ref the adapter was trained on
         self.unloadable: dict[Key, tuple[float, str]] = {}  # -> (when, why) it failed
         self._lock = threading.Lock()  # one batch at a time: the layers hold per-batch slots
@@ -219,14 +244,14 @@ class Engine:
 
     def _log(self, requests: Sequence[Request], results: list[list[Served] | XltError],
              embeddings: dict[tuple[int, int], np.ndarray], seconds: float) -> None:
-        from controller.traffic.log import event_row
-
+        """Hand the batch's events to the traffic writer (off the request path): each
+        Served row gets the future of its id."""
         served = [(ri, i, s) for ri, res in enumerate(results) if not isinstance(res, XltError)
                   for i, s in enumerate(res)]
-        if not served:
+        if not served or self.writer is None:
             return
         latency = round(seconds * 1000 / len(served), 3)
-        events = []
+        events, keep = [], []
         for ri, i, s in served:
             req = requests[ri]
             event = {"task": req.task, "language": s.language, "adapter_version": s.version,
@@ -235,10 +260,16 @@ class Engine:
                      "latency_ms": latency}
             if (ri, i) in embeddings:
                 event["embedding"] = embeddings[(ri, i)]
-            events.append(event_row(event, keep_text=self.policy.keeps_text(s.language)))
-        ids = self.registry.log_predictions(events)
-        for (_, _, s), pid in zip(served, ids, strict=True):
-            s.prediction_id = pid
+            events.append(event)
+            keep.append(self.policy.keeps_text(s.language))
+        fut = self.writer.submit(events, keep)
+        for n, (_, _, s) in enumerate(served):
+            s.logged = (fut, n)
+
+    def close(self) -> None:
+        """Write every prediction still queued for the traffic log (a clean shutdown)."""
+        if self.writer is not None:
+            self.writer.close()
 
     def feedback(self, task: str, items: Sequence[tuple[int, str]]) -> int:
         """Attach true labels to earlier predictions (canary analysis compares accuracy).
@@ -282,7 +313,9 @@ class Engine:
                 "adapters": [{"task": t, "language": lang, "version": v,
                               "base": self._adapters[(t, lang, v)]}
                              for t, lang, v in sorted(self._adapters)],
-                "batches": self.batches}
+                "batches": self.batches,
+                "traffic": ({"queued": self.writer.queued, "written": self.writer.written,
+                             "dropped": self.writer.dropped} if self.writer else None)}
 
 
 def request_from(task: str, texts: list[str], language: str | None,

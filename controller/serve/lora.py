@@ -15,6 +15,7 @@ products are zeros). The LoRA scaling (alpha / r) is folded into B when loading.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.masking_utils import create_bidirectional_mask
 
 from controller.encoders.text import TextEncoder, mean_pool
 from controller.training.artifact import head_from_tensors, read_adapter
+from controller.training.embed import pad_batch
 from controller.training.head import LinearHead
 from registry.errors import ArtifactError, IncompatibleAdapter
 from registry.fingerprint import loaded_model_fingerprint
@@ -112,10 +115,35 @@ def lora_pairs(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, t
     return {p: (ab["lora_A"], ab["lora_B"]) for p, ab in pairs.items()}
 
 
+LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+
+def frozen_blocks(pairs: dict[str, Any], num_layers: int) -> int:
+    """How many bottom blocks carry none of these LoRA pairs: the lowest block index
+    targeted (0 when the embeddings are; the pooler above the blocks does not count)."""
+    cut = num_layers
+    for path in pairs:
+        m = LAYER.search(path)
+        if m:
+            cut = min(cut, int(m.group(1)))
+        elif "embeddings" in path:
+            return 0
+    return cut
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
+
+
 class MultiAdapterBase:
     """One base encoder held once, with any number of adapters loaded into slots."""
 
-    def __init__(self, ref: str, encoder: TextEncoder, fingerprint: str | None = None) -> None:
+    def __init__(self, ref: str, encoder: TextEncoder, fingerprint: str | None = None,
+                 bucket_rows: int = 32) -> None:
         self.ref = ref
         self.encoder = encoder
         for p in encoder.model.parameters():
@@ -125,6 +153,8 @@ class MultiAdapterBase:
                                                                    encoder.tokenizer)
         self.layers: dict[str, MultiLoraLinear] = {}
         self.adapters: dict[Any, AdapterSlot] = {}
+        self.cuts: dict[int, int] = {}  # slot -> bottom blocks its adapter leaves frozen
+        self.bucket_rows = bucket_rows
         self._lock = threading.Lock()
 
     @property
@@ -169,49 +199,111 @@ class MultiAdapterBase:
             for module_path, (a, b) in pairs.items():
                 self._layer(module_path).put(slot, a.to(self.device), (b * scale).to(self.device))
                 nbytes += (a.numel() + b.numel()) * a.element_size()
+            self.cuts[slot] = frozen_blocks(pairs, self.num_layers)
             head = head_from_tensors(head_tensors, Path(path).name).to(self.device)
             labels = tuple(cfg.get("labels") or [str(i) for i in range(head.shape[1])])
             entry = AdapterSlot(key, slot, labels, head, nbytes)
             self.adapters[key] = entry
             return entry
 
+    def cut(self, slot: int) -> int:
+        """How many bottom blocks the adapter in `slot` leaves frozen (slot 0: all)."""
+        return self.cuts.get(slot, self.num_layers)
+
+    @property
+    def num_layers(self) -> int:
+        return int(getattr(self.encoder.model.config, "num_hidden_layers", 0))
+
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], slots: Sequence[int]) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], slots: Sequence[int],
+              base_rows: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pooled, normalised embeddings, row i through the adapter in slots[i] (0: bare
-        base): ONE forward pass of the base for the whole batch."""
-        order = sorted(range(len(texts)), key=lambda i: slots[i])  # stable: by slot
+        base), and for the rows in `base_rows` also the bare base's embedding (drift).
+
+        Texts are tokenised in one call, sorted by length and run in buckets of at most
+        `bucket_rows` rows (so padding stays small); each bucket is ONE forward pass of the
+        base whatever its adapters. A base embedding shares the blocks every adapter of the
+        bucket leaves frozen: they run once, and only the blocks above the cut run again
+        for the base's copy of the rows (an adapter on every block: the whole depth)."""
+        n = len(texts)
+        ids = self.encoder.tokenizer(list(texts), truncation=True,
+                                     max_length=self.encoder.max_length)["input_ids"]
+        hidden = self.encoder.hidden_size
+        emb = torch.empty(n, hidden, device=self.device)
+        want = set(base_rows)
+        base = torch.empty(n, hidden, device=self.device) if want else None
+        order = sorted(range(n), key=lambda i: len(ids[i]))
+        step = max(1, self.bucket_rows)
+        for lo in range(0, n, step):
+            rows = sorted(order[lo:lo + step], key=lambda i: slots[i])  # stable: by slot
+            extra = [i for i in rows if i in want]
+            e, b = self._bucket([ids[i] for i in rows], [slots[i] for i in rows],
+                                [rows.index(i) for i in extra])
+            emb[torch.as_tensor(rows, device=self.device)] = e
+            if extra and base is not None and b is not None:
+                base[torch.as_tensor(extra, device=self.device)] = b
+        return emb, base
+
+    def _bucket(self, ids: list[list[int]], slots: list[int], extra: list[int]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward pass over rows sorted by slot; `extra`: positions whose bare-base
+        embedding is also wanted."""
         segments: list[tuple[int, int, int]] = []
-        for pos, i in enumerate(order):
-            if segments and segments[-1][0] == slots[i]:
-                segments[-1] = (slots[i], segments[-1][1], pos + 1)
+        for pos, slot in enumerate(slots):
+            if segments and segments[-1][0] == slot:
+                segments[-1] = (slot, segments[-1][1], pos + 1)
             else:
-                segments.append((slots[i], pos, pos + 1))
-        batch = self.encoder.tokenize([texts[i] for i in order])
+                segments.append((slot, pos, pos + 1))
+        batch = pad_batch(ids, int(self.encoder.tokenizer.pad_token_id or 0), self.device)
+        mask = batch["attention_mask"]
+        if not extra:
+            out = self._with_segments(segments, lambda: self.encoder.model(**batch))
+            return _pool(out.last_hidden_state, mask), None
+        model = self.encoder.model
+        cut = min(self.cut(s) for s in set(slots))
+        h = model.embeddings(input_ids=batch["input_ids"])
+        blocks = model.encoder.layer
+        m4 = create_bidirectional_mask(config=model.config, inputs_embeds=h,
+                                       attention_mask=mask)
+        for layer in blocks[:cut]:  # no adapter of this bucket touches these: shared
+            h = _hidden(layer(h, m4))
+        k = len(slots)
+        idx = torch.as_tensor(extra, device=self.device)
+        h = torch.cat([h, h[idx]])
+        mask2 = torch.cat([mask, mask[idx]])
+        m4 = create_bidirectional_mask(config=model.config, inputs_embeds=h,
+                                       attention_mask=mask2)
+
+        def top() -> torch.Tensor:
+            x = h
+            for layer in blocks[cut:]:
+                x = _hidden(layer(x, m4))
+            return x
+
+        x = self._with_segments(segments + [(0, k, k + len(extra))], top)
+        pooled = _pool(x, mask2)
+        return pooled[:k], pooled[k:]
+
+    def _with_segments(self, segments: list[tuple[int, int, int]], run: Any) -> Any:
         for layer in self.layers.values():
             layer.segments = segments
         try:
-            out = self.encoder.model(**batch)
+            return run()
         finally:
             for layer in self.layers.values():
                 layer.segments = None
-        pooled = mean_pool(out.last_hidden_state, batch["attention_mask"])
-        emb = torch.nn.functional.normalize(pooled, dim=-1)
-        back = torch.empty_like(emb)
-        back[torch.as_tensor(order, device=emb.device)] = emb
-        return back
 
     @torch.inference_mode()
     def classify(self, texts: Sequence[str], keys: Sequence[Any], with_base: bool = False
                  ) -> tuple[list[str], np.ndarray, list[tuple[str, ...]], np.ndarray | None]:
         """Label, class probabilities (rows padded to the widest head) and label names per
         row; with_base also returns the bare base's embeddings of the texts (for drift),
-        computed in the same forward pass."""
+        computed in the same forward pass (sharing the blocks the adapters leave frozen)."""
         entries = [self.adapters[k] for k in keys]
         slots = [e.slot for e in entries]
         texts = list(texts)
         n = len(texts)
-        emb = self.embed(texts + texts if with_base else texts,
-                         slots + [0] * n if with_base else slots)
+        emb, base = self.embed(texts, slots, range(n) if with_base else ())
         width = max((e.head.shape[1] for e in entries), default=0)
         probs = np.zeros((n, width), dtype=np.float32)
         by_slot: dict[int, list[int]] = {}
@@ -224,7 +316,7 @@ class MultiAdapterBase:
             p = torch.softmax(logits, dim=-1).float().cpu().numpy()
             probs[rows, : p.shape[1]] = p
         labels = [entries[i].labels[int(probs[i].argmax())] for i in range(n)]
-        base_emb = emb[n:].float().cpu().numpy() if with_base else None
+        base_emb = base.float().cpu().numpy() if base is not None else None
         return labels, probs, [e.labels for e in entries], base_emb
 
     def adapter_bytes(self) -> int:

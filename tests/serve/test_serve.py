@@ -56,7 +56,7 @@ def test_mixed_batch_is_one_forward_pass_with_each_rows_adapter(tmp_path: Path,
     for i, f in enumerate(files):
         multi.load(i, f)
     calls = []
-    multi.encoder.model.register_forward_hook(lambda *a: calls.append(1))
+    multi.encoder.model.embeddings.register_forward_hook(lambda *a: calls.append(1))
     texts = ["uso tabasamu", "gari", "paka mbwa tumbili", "face smile", "ball game", "fruit"]
     keys = [0, 1, 2, 1, 0, 2]
     labels, probs, names, base_emb = multi.classify(texts, keys, with_base=True)

@@ -1,0 +1,177 @@
+"""The traffic writer of `xlt serve`: every prediction goes to the traffic log (drift checks
+and canary analysis read it), written OFF the request path.
+
+The batcher hands each batch's events to `TrafficWriter.submit` and goes on to the next
+forward pass; one writer thread takes everything queued (up to `write_rows`) and writes it
+in one transaction (group commit), then resolves each batch's future with its rows' ids
+(the prediction ids receipts are made of). The request awaits that future on the event
+loop, never on the model's thread, so forward passes and database writes overlap.
+
+The queue is bounded (`max_rows` events waiting). When the database cannot keep up and the
+queue is full, a batch's events are dropped, not waited for: the predictions are still
+answered (without a prediction_id, so no feedback can be given for them), the drop is
+counted (`xlt_serve_traffic_dropped_total{reason="queue_full"}`) and an `alert` event
+(kind `serve_traffic_dropped`) is written, at most once a minute, with the count. A write
+that fails is retried (3 tries, backing off); then its events are dropped the same way
+(reason `write_failed`). `close()` (a clean shutdown: SIGTERM, lifespan end) stops taking
+events and writes every one queued before it returns: nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.observability.serve_metrics import TRAFFIC_DROPPED, TRAFFIC_WRITTEN
+
+log = logging.getLogger(__name__)
+ALERT_EVERY_S = 60.0
+
+
+@dataclass
+class Pending:
+    events: list[dict[str, Any]]  # raw events; rows are built on the writer thread
+    keep_text: list[bool]
+    future: cf.Future[list[int] | None]
+
+
+class TrafficWriter:
+    def __init__(self, registry: Any, *, max_rows: int = 8192, write_rows: int = 1024,
+                 retries: int = 3, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.max_rows = max_rows
+        self.write_rows = write_rows
+        self.retries = retries
+        self._clock = clock
+        self._queue: deque[Pending] = deque()
+        self._rows = 0  # events queued
+        self._cond = threading.Condition()
+        self._closing = False
+        self.dropped = 0
+        self.written = 0
+        self._unalerted = 0  # drops not yet in an alert
+        self._last_alert = -ALERT_EVERY_S
+        self._thread = threading.Thread(target=self._run, name="xlt-serve-traffic",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._rows
+
+    def submit(self, events: list[dict[str, Any]], keep_text: list[bool]
+               ) -> cf.Future[list[int] | None]:
+        """Queue a batch's events; the future gives their ids once written, or None when
+        they were dropped (queue full, or the server is shutting down)."""
+        fut: cf.Future[list[int] | None] = cf.Future()
+        with self._cond:
+            if self._closing or self._rows + len(events) > self.max_rows:
+                self._drop(len(events), "closing" if self._closing else "queue_full")
+                fut.set_result(None)
+                return fut
+            self._queue.append(Pending(events, keep_text, fut))
+            self._rows += len(events)
+            self._cond.notify()
+        return fut
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Write everything queued, then stop (a clean shutdown loses nothing accepted)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self._alert(force=True)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        deadline = self._clock() + timeout
+        while self._rows and self._clock() < deadline:
+            time.sleep(0.005)
+
+    def _drop(self, n: int, reason: str) -> None:
+        self.dropped += n
+        self._unalerted += n
+        TRAFFIC_DROPPED.labels(reason=reason).inc(n)
+        log.warning("xlt serve: %d predictions not logged to the traffic log (%s)", n, reason)
+
+    def _take(self) -> list[Pending] | None:
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait(timeout=1.0)
+                if self._unalerted:
+                    break
+            if not self._queue:
+                return None if self._closing else []
+            group, rows = [], 0
+            while self._queue and (not group or rows + len(self._queue[0].events)
+                                   <= self.write_rows):
+                item = self._queue.popleft()
+                group.append(item)
+                rows += len(item.events)
+            return group
+
+    def _run(self) -> None:
+        while (group := self._take()) is not None:
+            if group:
+                self._write(group)
+            self._alert()
+
+    def _write(self, group: list[Pending]) -> None:
+        from controller.traffic.log import event_row
+
+        n = sum(len(p.events) for p in group)
+        try:
+            rows = [event_row(e, keep_text=k) for p in group
+                    for e, k in zip(p.events, p.keep_text, strict=True)]
+        except Exception as exc:  # noqa: BLE001 - a malformed event must not stop the writer
+            self._fail(group, n, f"{type(exc).__name__}: {exc}")
+            return
+        for attempt in range(self.retries):
+            try:
+                ids = self.registry.log_predictions(rows)
+                break
+            except Exception as exc:  # noqa: BLE001 - the database refused: retry, then drop
+                if attempt + 1 == self.retries:
+                    self._fail(group, n, type(exc).__name__)
+                    return
+                time.sleep(0.05 * 4 ** attempt)
+        with self._cond:
+            self._rows -= n
+        self.written += n
+        TRAFFIC_WRITTEN.inc(n)
+        at = 0
+        for p in group:
+            p.future.set_result(ids[at:at + len(p.events)])
+            at += len(p.events)
+
+    def _fail(self, group: list[Pending], n: int, why: str) -> None:
+        log.error("xlt serve: traffic log write failed: %s", why[:200])
+        with self._cond:
+            self._rows -= n
+            self._drop(n, "write_failed")
+        for p in group:
+            p.future.set_result(None)
+
+    def _alert(self, force: bool = False) -> None:
+        """An alert event for drops since the last one, at most once a minute."""
+        if not self._unalerted:
+            return
+        now = self._clock()
+        if not force and now - self._last_alert < ALERT_EVERY_S:
+            return
+        n, self._unalerted, self._last_alert = self._unalerted, 0, now
+        try:
+            self.registry.note("alert", reason=(
+                f"xlt serve dropped {n} predictions from the traffic log ({self.dropped} "
+                "since start): the database did not keep up; drift and canary analysis "
+                "miss them. Check the database, or raise [serve] traffic_queue_rows"),
+                after={"kind": "serve_traffic_dropped", "dropped": n,
+                       "dropped_total": self.dropped})
+        except Exception as exc:  # noqa: BLE001 - the database may be what is failing
+            self._unalerted += n
+            log.error("xlt serve: could not write the drop alert: %s", type(exc).__name__)
