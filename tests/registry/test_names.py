@@ -112,12 +112,16 @@ def test_http_predict_with_a_bad_task_is_400(world: Any) -> None:
     from fastapi.testclient import TestClient
 
     from controller.serve.app import create_app
+    from controller.serve.auth import Authenticator
     from controller.serve.engine import Engine
 
+    token = "a-client-token-of-32-characters!"
     engine = Engine(world)
-    with TestClient(create_app(engine, warm=False)) as client:
+    auth = Authenticator([(token, frozenset({"predict"}))])
+    with TestClient(create_app(engine, warm=False, auth=auth)) as client:
         r = client.post("/v1/predict", json={"task": "../x", "language": "sw",
-                                             "texts": ["cat"], "routing_key": "k"})
+                                             "texts": ["cat"], "routing_key": "k"},
+                        headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 400, r.text
     assert "task name '../x' is not a valid name" in r.json()["error"]
     with world.reading() as s:
