@@ -15,12 +15,16 @@ import logging
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+# the loadable test adapter (tests.support.tiny) is imported from the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from safetensors.numpy import save_file
