@@ -7,6 +7,7 @@ the field's path and the reason (pydantic's validation, reworded into one line).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +30,14 @@ from registry.names import language_tag, task_name
 
 def canonical_languages(values: list[str]) -> list[str]:
     """BCP-47 tags canonicalised for a policy field; a bad tag is the field's error."""
+    return [_field_error(canonical_language, v) for v in values]
+
+
+def _field_error(check: Callable[[str], str], value: str) -> str:
+    """`check(value)`, its InvalidInput as the ValueError pydantic reports with the
+    field's path."""
     try:
-        return [canonical_language(v) for v in values]
+        return check(value)
     except InvalidInput as exc:
         raise ValueError(str(exc)) from exc
 
@@ -308,18 +315,12 @@ class TrackPolicy(Strict):
     @field_validator("task")
     @classmethod
     def _task(cls, value: str) -> str:
-        try:
-            return task_name(value)
-        except InvalidInput as exc:  # pydantic reports ValueError with the field's path
-            raise ValueError(str(exc)) from exc
+        return _field_error(task_name, value)
 
     @field_validator("language")
     @classmethod
     def _language(cls, value: str) -> str:
-        try:
-            return language_tag(value)
-        except InvalidInput as exc:  # pydantic reports ValueError with the field's path
-            raise ValueError(str(exc)) from exc
+        return _field_error(language_tag, value)
 
 
 class Policy(Strict):
