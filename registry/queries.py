@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, aliased
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.errors import NotFound
 from registry.languages import canonical_language
-from registry.schema import Adapter, BaseEncoder, BaseUpgrade, Dataset, Event, Track
+from registry.schema import Adapter, BaseEncoder, BaseUpgrade, Dataset, Event, Task, Track
 from registry.upgrades import UpgradeState
 
 
@@ -39,7 +39,8 @@ def dataset_dict(d: Dataset) -> dict[str, Any]:
     return {"id": d.id, "ref": d.ref, "name": d.name, "language": d.language, "split": d.split,
             "version": d.version, "sha256": d.sha256, "rows": d.rows, "uri": d.uri,
             "source": d.source, "licence": d.licence, "consent": d.consent,
-            "collected_at": _iso(d.collected_at), "created_at": _iso(d.created_at)}
+            "collected_at": _iso(d.collected_at), "created_at": _iso(d.created_at),
+            "task": d.task, "kind": d.kind, "meta": d.meta or {}}
 
 
 def event_dict(e: Event) -> dict[str, Any]:
@@ -94,6 +95,64 @@ def list_datasets(s: Session, name: str | None = None,
     if language:
         q = q.where(Dataset.language == canonical_language(language))
     return [dataset_dict(d) for d in s.scalars(q)]
+
+
+def task_dict(t: Task) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "labels": list(t.labels),
+            "description": t.description, "created_at": _iso(t.created_at),
+            "created_by": t.created_by}
+
+
+def list_tasks(s: Session) -> list[dict[str, Any]]:
+    """Every task with its label count, languages with data, and tracks."""
+    out = []
+    for t in s.scalars(select(Task).order_by(Task.name)):
+        langs = sorted(set(s.scalars(select(Dataset.language).where(Dataset.task == t.name))))
+        tracks = track_languages(s, t.name)
+        out.append({**task_dict(t), "data_languages": langs, "tracks": tracks})
+    return out
+
+
+def get_task(s: Session, name: str) -> dict[str, Any]:
+    """A task's row (its labels); NotFound naming the registered ones."""
+    from registry.commands.tasks import task_row
+
+    return task_dict(task_row(s, name))
+
+
+def task_datasets(s: Session, task: str, kind: str | None = None,
+                  active_only: bool = True) -> list[dict[str, Any]]:
+    """The task's datasets; `active_only`: the newest of each (language, kind, split,
+    source language), which is what training and evaluation read."""
+    q = select(Dataset).where(Dataset.task == task).order_by(Dataset.id.desc())
+    if kind:
+        q = q.where(Dataset.kind == kind)
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for d in s.scalars(q):
+        key = (d.language, d.kind, d.split, (d.meta or {}).get("source_language"))
+        if active_only and key in seen:
+            continue
+        seen.add(key)
+        out.append(dataset_dict(d))
+    return sorted(out, key=lambda r: (r["language"], r["kind"] or "", r["split"], r["id"]))
+
+
+def show_task(s: Session, name: str) -> dict[str, Any]:
+    """A task: its labels, its datasets per language and split, and its tracks."""
+    from registry.commands.tasks import references
+
+    task = get_task(s, name)
+    data: dict[str, dict[str, Any]] = {}
+    for d in task_datasets(s, name):
+        split = d["split"] if d["kind"] == "labelled" else d["kind"]
+        if d["kind"] == "parallel":
+            split = f"parallel from {d['meta'].get('source_language')}"
+        data.setdefault(d["language"], {})[split] = {
+            "dataset": d["ref"], "id": d["id"], "rows": d["rows"], "sha256": d["sha256"]}
+    tracks = [{k: r[k] for k in ("language", "base", "champion", "canary", "phase")}
+              for r in status(s, name)]
+    return {**task, "datasets": data, "tracks": tracks, "references": references(s, name)}
 
 
 def track_row(s: Session, task: str, language: str) -> Track:

@@ -63,6 +63,20 @@ class BaseEncoder(Base):
         return f"{self.name}@{self.version}"
 
 
+class Task(Base):
+    """What an adapter predicts: a name and its fixed, ordered label set (a head's output
+    index i is labels[i]); fixed once a dataset or adapter refers to the task."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    labels: Mapped[list[Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
     __table_args__ = (UniqueConstraint("name", "language", "split", "version"),)
@@ -81,6 +95,13 @@ class Dataset(Base):
     collected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(200))
+    # the task's data (registered by `xlt dataset register`): labelled, parallel or
+    # unlabelled rows, stored normalised (gzip JSONL) in the artifact store; NULL on the
+    # rows registered before tasks existed (migration 0007 names their task)
+    task: Mapped[str | None] = mapped_column(String(100), index=True)
+    kind: Mapped[str | None] = mapped_column(String(20))
+    # source file sha256 and format, column mapping, pivot language, label counts
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     @property
     def ref(self) -> str:

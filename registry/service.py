@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from registry.commands import (
     outbox,
     records,
     servability,
+    tasks,
     traffic,
     upgrade,
 )
@@ -119,12 +119,28 @@ class Registry:
             return catalog.register_encoder(uow, self.store, name, version, model_dir,
                                             source, provenance)
 
-    def register_dataset(self, *, name: str, language: str, split: str, version: str,
-                         path: str | Path, source: str, licence: str, consent: str,
-                         collected_at: datetime, rows: int | None = None) -> Dataset:
-        return self._write(catalog.register_dataset, name=name, language=language, split=split,
-                           version=version, path=path, source=source, licence=licence,
-                           consent=consent, collected_at=collected_at, rows=rows)
+    # -- tasks and their data ----------------------------------------------------------
+    def create_task(self, name: str, labels: Any, description: str = "") -> Any:
+        return self._write(tasks.create_task, name, labels, description)
+
+    def relabel_task(self, name: str, labels: Any) -> Any:
+        return self._write(tasks.relabel_task, name, labels)
+
+    def register_task_dataset(self, spec: tasks.DatasetSpec) -> list[Dataset]:
+        """Validate a team's file and register it (one dataset per language in it)."""
+        with self.unit_of_work() as uow:
+            return tasks.register_task_dataset(uow, self.store, spec)
+
+    def dataset_file(self, dataset: dict[str, Any]) -> Path:
+        """A registered dataset's stored file, verified by sha256 before it is read."""
+        uri = str(dataset["uri"])
+        if uri.startswith("store:"):
+            return self.store.verified_path(dataset["sha256"])
+        path = Path(uri)  # registered before the store held datasets: the file in place
+        if not path.is_file() or sha256_file(path) != dataset["sha256"]:
+            raise ArtifactError(f"dataset {dataset['ref']}'s file {path} is missing or "
+                                f"changed", "register the dataset again")
+        return path
 
     def ensure_track(self, task: str, language: str, base: str) -> Any:
         return self._write(catalog.ensure_track, task, language, base)
@@ -271,16 +287,6 @@ class Registry:
             adapter = adapter_by_version(s, task, language, version)
         return adapter, self.store.verified_path(adapter.artifact_sha256)
 
-    def verify_dataset(self, dataset: Dataset) -> Path:
-        path = Path(dataset.uri)
-        if not path.is_file():
-            raise ArtifactError(f"dataset file {path} is missing", "restore it or re-register")
-        actual = sha256_file(path)
-        if actual != dataset.sha256:
-            raise ArtifactError(f"dataset {dataset.ref} changed on disk: sha256 {actual[:12]} "
-                                f"but registered {dataset.sha256[:12]}",
-                                "register the new file as a new dataset version")
-        return path
 
     # -- reads -------------------------------------------------------------------------
     def query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from registry.artifacts import ArtifactStore, sha256_file, walk_tree
+from registry.artifacts import ArtifactStore, walk_tree
 from registry.audit import track_state
 from registry.commands.lookups import adapter_by_version, encoder_by_ref
 from registry.domain import REGISTERED
 from registry.errors import (
     AlreadyExists,
-    ArtifactError,
     IncompatibleAdapter,
     InvalidInput,
     NotFound,
@@ -25,7 +22,7 @@ from registry.fingerprint import model_dir_fingerprint
 from registry.languages import canonical_language
 from registry.loadability import base_headers, base_linear_layers, check_loadable
 from registry.names import encoder_name, encoder_version, language_tag, task_name
-from registry.schema import Adapter, BaseEncoder, Dataset, Track
+from registry.schema import Adapter, BaseEncoder, Dataset, Task, Track
 from registry.uow import UnitOfWork, check_revision
 from registry.weights import check_adapter_shapes, xlt_metadata
 
@@ -62,48 +59,6 @@ def register_encoder(uow: UnitOfWork, store: ArtifactStore, name: str, version: 
     return enc
 
 
-def count_rows(path: Path) -> int:
-    """Rows of a JSONL file (optionally gzipped), for datasets registered without a count."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
-def register_dataset(uow: UnitOfWork, *, name: str, language: str, split: str, version: str,
-                     path: str | Path, source: str, licence: str, consent: str,
-                     collected_at: datetime, rows: int | None = None) -> Dataset:
-    language = canonical_language(language)
-    file = Path(path)
-    if not file.is_file():
-        raise ArtifactError(f"dataset file {file} does not exist", "check the path")
-    for field, value in (("source", source), ("licence", licence), ("consent", consent),
-                         ("name", name), ("split", split), ("version", version)):
-        if not value or not str(value).strip():
-            raise InvalidInput(f"dataset {field} is empty",
-                               "every dataset needs provenance: source, licence, consent")
-    if rows is None:
-        if not file.name.endswith((".jsonl", ".jsonl.gz")):
-            raise InvalidInput("cannot count rows of a non-JSONL file", "pass --rows")
-        rows = count_rows(file)
-    if rows < 0:
-        raise InvalidInput(f"row count {rows} is negative", "pass the number of rows")
-    s = uow.session
-    if s.scalars(select(Dataset).where(Dataset.name == name, Dataset.language == language,
-                                       Dataset.split == split, Dataset.version == version)).first():
-        raise AlreadyExists(f"dataset {name}/{language}/{split}@{version} is already registered",
-                            "register a new version instead")
-    ds = Dataset(name=name, language=language, split=split, version=version,
-                 sha256=sha256_file(file), rows=rows, uri=str(file.resolve()), source=source,
-                 licence=licence, consent=consent, collected_at=collected_at,
-                 created_by=uow.actor)
-    s.add(ds)
-    s.flush()
-    uow.event("register_dataset", language=language,
-              after={"dataset": ds.ref, "sha256": ds.sha256, "rows": rows},
-              payload={"dataset_id": ds.id})
-    return ds
-
-
 def ensure_track(uow: UnitOfWork, task: str, language: str, base: str) -> Track:
     """The track of (task, language), created on base `base` if it does not exist yet."""
     task_name(task)
@@ -133,9 +88,20 @@ def _get_or_create_track(uow: UnitOfWork, task: str, language: str, base: BaseEn
     return track
 
 
-def _check_task_labels(s: Any, task: str, labels: int, name: str) -> None:
-    """A task has one label set: a head must have as many outputs as the task's adapters
-    already registered (the newest one that records its head is the task's count)."""
+def _check_task_labels(s: Any, task: str, labels: int, name: str,
+                       names: Any = None) -> None:
+    """A task has one label set: a registered task's (its row), else that of the task's
+    adapters already registered (the newest one that records its head)."""
+    row = s.scalars(select(Task).where(Task.name == task)).first()
+    if row is not None:
+        if labels != len(row.labels) or (isinstance(names, list) and names
+                                          and list(names) != list(row.labels)):
+            shown = f"labels {names}" if isinstance(names, list) else f"{labels} labels"
+            raise IncompatibleAdapter(
+                f"{name} has a head of {shown}, but task {task} has the {len(row.labels)} "
+                f"labels {row.labels}", "train the head on the task's label set, in its "
+                "order, or register it under another task")
+        return
     for recorded in s.scalars(select(Adapter.config).where(Adapter.task == task)
                               .order_by(Adapter.id.desc()).limit(20)):
         shape = (recorded or {}).get("head_shape")
@@ -194,7 +160,8 @@ def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, langua
         check_loadable(header, file_config,
                        base_linear_layers(base_headers(store, encoder.artifact_sha256)),
                        encoder.fingerprint_inputs or {}, name)
-        _check_task_labels(s, task, file_config["head_shape"][1], name)
+        _check_task_labels(s, task, file_config["head_shape"][1], name,
+                           file_config.get("labels"))
         ids = list(dataset_ids or [])
         if ids:
             found = set(s.scalars(select(Dataset.id).where(Dataset.id.in_(ids))))
@@ -202,6 +169,12 @@ def register_adapter(uow: UnitOfWork, store: ArtifactStore, *, task: str, langua
             if missing:
                 raise NotFound(f"datasets {missing} are not registered",
                                "register training data with `xlt dataset register` first")
+            foreign = s.scalars(select(Dataset).where(
+                Dataset.id.in_(ids), Dataset.task.is_not(None), Dataset.task != task)).first()
+            if foreign is not None:
+                raise IncompatibleAdapter(f"dataset {foreign.ref} is data of task "
+                                          f"{foreign.task!r}, not {task!r}",
+                                          "train on the task's own datasets")
         track = _get_or_create_track(uow, task, language, encoder)
         check_revision(track, expected_revision)
         parent_id = None
