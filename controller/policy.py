@@ -154,7 +154,11 @@ class TrainingPolicy(Strict):
     # +2 points); false keeps the dev split unseen by the adapter (the demo's traffic is
     # drawn from it). The stored confidence map is fitted before the refit either way
     lexical_refit: bool = True
-    teacher: str | None = None  # None: English, or the nearest registered language by URIEL
+    teacher: str | None = None  # None: the nearest language with labelled train data (URIEL)
+    # a task with more training pairs than this draws a fresh sample of this many each
+    # epoch, stratified by label (a CPU training stays within minutes; a GPU can take all
+    # of it: raise it, or None for every pair every epoch)
+    max_rows_per_epoch: int | None = Field(20_000, ge=100)
     max_attempts: int = Field(2, ge=1)
     # a training running longer than this is given up as lost (a hung worker whose process
     # lives on): launched again, or failed once its attempts are spent; its late outcome,

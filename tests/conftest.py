@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.support.task_data import TEST_LANGUAGES
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -97,10 +99,12 @@ def registry(db_url: str, tmp_path: Path):
 def tiny_registry(registry, tmp_path: Path):
     """An initialised registry (SQLite and PostgreSQL) with a tiny random BERT as tiny@1,
     for training through the registry where model quality is not under test."""
+    from controller.data import cldr
     from tests.support.tinymodel import make_tiny_bert
 
     registry.init()
     registry.register_encoder("tiny", "1", make_tiny_bert(tmp_path / "tiny"))
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task, by the public path
     return registry
 
 

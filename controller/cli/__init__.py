@@ -31,5 +31,6 @@ from controller.cli import (  # noqa: E402,F401
     report_cmds,
     serve_cmds,
     setup_cmds,
+    task_cmds,
     train_cmds,
 )

@@ -3,7 +3,6 @@ history, resolve. Each parses, calls the registry, prints."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,51 +99,6 @@ def adapter_show(app: AppContext, task: str, language: str, version: int | None,
                  as_json: bool) -> None:
     """Show one adapter version."""
     emit(app.registry().query(queries.show_adapter, task, language, version), as_json)
-
-
-# -- datasets ---------------------------------------------------------------------------
-@cli.group()
-def dataset() -> None:
-    """Datasets with provenance."""
-
-
-@dataset.command("register")
-@click.option("--name", required=True)
-@lang_option()
-@click.option("--split", required=True, help="train, dev, test, ...")
-@click.option("--version", required=True)
-@click.option("--file", "path", required=True, type=click.Path(dir_okay=False))
-@click.option("--source", required=True, help="Where the data came from.")
-@click.option("--licence", required=True, help="e.g. Unicode-DFS-2016.")
-@click.option("--consent", required=True, help="e.g. 'public data'.")
-@click.option("--collected-at", required=True, type=click.DateTime(["%Y-%m-%d"]),
-              help="YYYY-MM-DD.")
-@click.option("--rows", type=click.IntRange(min=0), default=None,
-              help="Row count (counted for JSONL when omitted).")
-@pass_app
-def dataset_register(app: AppContext, name: str, language: str, split: str, version: str,
-                     path: str, source: str, licence: str, consent: str,
-                     collected_at: datetime, rows: int | None) -> None:
-    """Register a dataset file; its sha256 is recorded and checked on use."""
-    d = app.registry().register_dataset(
-        name=name, language=language, split=split, version=version, path=path, source=source,
-        licence=licence, consent=consent, collected_at=collected_at.replace(tzinfo=UTC),
-        rows=rows)
-    click.echo(f"registered dataset {d.ref} (id {d.id}, {d.rows} rows, sha256 {d.sha256[:12]})")
-
-
-@dataset.command("list")
-@click.option("--name", default=None)
-@lang_option(required=False)
-@json_option
-@pass_app
-def dataset_list(app: AppContext, name: str | None, language: str | None, as_json: bool) -> None:
-    """List datasets."""
-    rows = app.registry().query(queries.list_datasets, name, language)
-    if as_json:
-        emit_json(rows)
-        return
-    emit_table(rows, ["id", "name", "language", "split", "version", "rows", "licence", "source"])
 
 
 # -- tracks -----------------------------------------------------------------------------

@@ -46,10 +46,12 @@ def train(app: AppContext, task: str, language: str, teacher: str | None, epochs
           seed: int, base: str | None, continue_from: int | None, with_variants: bool,
           as_json: bool) -> None:
     """Distil a LoRA adapter for LANG from the teacher and register it (status registered)."""
-    from controller.ops.live import dataset_variants, log_training_result
+    from controller.data.access import TaskData
+    from controller.ops.live import log_training_result
     from controller.training.pipeline import train_adapter
 
-    langs = [language] + (dataset_variants(language) if with_variants else [])
+    langs = [language] + (TaskData(app.registry(), task).variants(language)
+                          if with_variants else [])
     result = train_adapter(app.registry(), task, language, teacher=teacher, epochs=epochs,
                            device=device, seed=seed, continue_from=continue_from, base=base,
                            data_languages=langs, progress=not as_json, top_blocks=top_blocks,

@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import click
 
+from controller.data import cldr
 from controller.demo.server import Server
 from controller.drift.simulator import Scenario, TrafficSimulator
 from controller.loop.clock import ManualClock
@@ -90,7 +91,7 @@ def run_hours(reg: Registry, policy: Policy, script: DemoScript) -> None:
     clock = ManualClock(START.timestamp())
     models = ModelCache(reg, "cpu")
     server = Server(reg, TASK, models=models)
-    sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=FEEDBACK_RATE)
+    sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=FEEDBACK_RATE, registry=reg)
     ops = build_operations(reg, policy, models=models, clock=clock)
     controller = build_controller(reg, policy, ops=ops, clock=clock, drain=drain,
                             report=lambda line: None)
@@ -176,6 +177,7 @@ def run_demo(policy_path: Path, script: DemoScript, register_bases: Callable[[Re
         prepare_home(home)
         reg = Registry.open(home=home, actor="demo")
         reg.init()
+        cldr.register_task(reg)  # the demo task, through the path a team's own data takes
         click.echo(f"xlt demo: registry {reg.db.url}, policy {policy_path}\n"
                    f"{register_bases(reg)}\n")
         policy = load_policy(policy_path)

@@ -187,31 +187,6 @@ def build_reference(task: str, language: str, key: str, *,
                      stats)
 
 
-def reference_from_dataset(task: str, language: str, *, encoder: Any,
-                           head: Any | None = None, split: str = "test",
-                           base: str | None = None, champion: str | None = None,
-                           max_rows: int | None = None, seed: int = 0) -> Reference:
-    """The reference of the shipped CLDR emoji data: the split the champion was evaluated on.
-    `encoder.embed(texts)` gives the base encoder's embeddings; `head(embeddings)` gives
-    (labels, confidences) of the champion, if predictions are to be compared."""
-    from controller.data.cldr import DATASET_NAME, DATASET_VERSION, load_split
-
-    rows = load_split(split, [language])
-    if rows.empty:
-        raise ValueError(f"no {split} rows for language {language!r} in {DATASET_NAME}")
-    if max_rows is not None and len(rows) > max_rows:
-        rows = rows.sample(max_rows, random_state=seed).reset_index(drop=True)
-    source = f"{DATASET_NAME}/{rows['language'].iloc[0]}/{split}@{DATASET_VERSION}"
-    texts = rows["text"].tolist()
-    embeddings = encoder.embed(texts)
-    predictions = confidences = None
-    if head is not None:
-        predictions, confidences = head(embeddings)
-    return build_reference(task, language, reference_key(source, base, champion),
-                           texts=texts, embeddings=embeddings, predictions=predictions,
-                           confidences=confidences, source=source)
-
-
 def reference_from_events(task: str, language: str, key: str, events: pd.DataFrame, *,
                           predictions: Sequence[str] | None = None,
                           confidences: Sequence[float] | None = None, source: str,

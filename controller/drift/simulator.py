@@ -60,13 +60,18 @@ def as_scenario(value: Scenario | str) -> Scenario:
 
 
 class TrafficSimulator:
-    """Draws events from `pool` (default: `load_split(split)` of the shipped dataset)."""
+    """Draws events from `pool` (default: the task's registered labelled `split` in every
+    language, read through controller.data.access from `registry`)."""
 
     def __init__(self, *, task: str = "emoji-group", embed: EmbedFn | None = None,
                  head: Heads | None = None, split: str = "dev",
                  pool: pd.DataFrame | None = None, feedback_rate: float = 0.0,
-                 embedding_noise: float = 0.0) -> None:
+                 embedding_noise: float = 0.0, registry: Any = None) -> None:
+        if pool is None and registry is None:
+            raise ValueError("give the simulator a pool of rows or the registry to read "
+                             "the task's data from")
         self.task = task
+        self.registry = registry
         self.embed = embed
         self.head = head
         self.split = split
@@ -85,9 +90,10 @@ class TrafficSimulator:
     # -- pools ---------------------------------------------------------------------------
     def _all_rows(self) -> pd.DataFrame:
         if self._pool_frame is None:
-            from controller.data.cldr import load_split
+            from controller.data.access import TaskData
 
-            self._pool_frame = load_split(self.split)
+            data = TaskData(self.registry, self.task)
+            self._pool_frame = data.labelled(self.split, data.languages_with(self.split))
         return self._pool_frame
 
     def pool(self, language: str) -> tuple[pd.DataFrame, np.ndarray | None]:

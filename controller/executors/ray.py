@@ -96,7 +96,8 @@ class RayExecutor:
             ray.get(keeper.put.remote(sha, data), timeout=300)
 
     def _blobs_for(self, job: JobView) -> list[str]:
-        """The artifact blobs the training reads: the base's tree and the parent adapter."""
+        """The artifact blobs the training reads: the base's tree, the parent adapter and
+        the task's registered datasets (stored in the artifact store, by sha256)."""
         from registry import queries
 
         task, language = job.params["task"], job.params["language"]
@@ -108,6 +109,8 @@ class RayExecutor:
         if parent is not None:
             shas.append(self.registry.query(queries.show_adapter, task, language,
                                             int(parent))["artifact_sha256"])
+        shas += [d["sha256"] for d in self.registry.query(queries.task_datasets, task)
+                 if str(d["uri"]).startswith("store:")]
         return shas
 
     # -- poll ----------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def _train_remote(job_id: int, params: dict[str, Any], database_url: str,
                   shas: list[str]) -> tuple[dict[str, Any], bytes]:
     """In the Ray worker: a private artifact store with the blobs sent, the ordinary
     training pipeline against the registry database, the adapter's bytes back."""
-    from controller.data.cldr import dataset_variants
+    from controller.data.access import TaskData
     from controller.training.pipeline import train_adapter
     from registry import queries
     from registry.settings import load_settings
@@ -195,11 +198,11 @@ def _train_remote(job_id: int, params: dict[str, Any], database_url: str,
     languages = list(params.get("data_languages") or [language])
     if not params.get("data_languages") and (
             params.get("drift_report_id") is not None or params.get("with_variants")):
-        languages += dataset_variants(language)
+        languages += TaskData(reg, task).variants(language)
     keys = ("teacher", "epochs", "seed", "continue_from", "base", "shuffle_pairs",
             "target_labels", "target_label_weight", "drift_report_id", "inputs_fingerprint",
             "upgrade_id", "limit_pairs", "top_blocks", "calibration_folds", "lexical",
-            "lexical_refit")
+            "lexical_refit", "max_rows_per_epoch")
     trained = train_adapter(reg, task, language, data_languages=languages, job_id=job_id,
                             device=params.get("device", "auto"),
                             **{k: params[k] for k in keys if params.get(k) is not None})

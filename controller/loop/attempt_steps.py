@@ -43,7 +43,7 @@ def attempt_context(ctx: StepContext, t: TrackState, report_id: int | None
     plan = (attempts.current(t.status.attempts, t.base or "", t.champion)
             or attempts.AttemptPlan(t.base or "", t.champion, report_id))
     registered = ctx.reg.query(queries.track_languages, t.task)
-    opts = attempts.options(ctx.policy, t.task, t.language, registered)
+    opts = attempts.options(ctx.policy, t.task, t.language, registered, ctx.reg)
     seen = ctx.reg.query(attempts.trained_fingerprints, t.task, t.language)
     return plan, opts, seen
 

@@ -205,15 +205,17 @@ class Options:
     has_labels: bool
 
 
-def options(policy: Policy, task: str, language: str, registered: Sequence[str]) -> Options:
-    from controller.data import cldr
+def options(policy: Policy, task: str, language: str, registered: Sequence[str],
+            registry: Any) -> Options:
+    from controller.data.access import TaskData
     from controller.training.teacher import choose_teacher, load_table, primary, rank_teachers
     from registry.languages import parent_languages
 
-    per_language = cldr.load_manifest()["per_language"]
-    with_train = {lang for lang, splits in per_language.items() if splits.get("train")}
-    teacher = policy.training.teacher or choose_teacher(
-        language, candidates=sorted({"en", *registered} - {language})).teacher
+    with_train = set(TaskData(registry, task).languages_with("train"))
+    teachers = sorted(lang for lang in with_train if primary(lang) != primary(language))
+    teacher = policy.training.teacher or (
+        choose_teacher(language, candidates=teachers).teacher if "en" in teachers
+        else next((r["language"] for r in rank_teachers(language, teachers)), "en"))
     known = set(load_table()["distances"])
     candidates = sorted(lang for lang in with_train
                         if lang == primary(lang) and lang in known)

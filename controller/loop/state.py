@@ -58,4 +58,5 @@ def training_params(policy: Policy, t: TrackState, report_id: int | None,
             "calibration_folds": policy.calibration_folds_for(t.task, t.language),
             "lexical": policy.training.lexical,
             "lexical_refit": policy.training.lexical_refit,
+            "max_rows_per_epoch": policy.training.max_rows_per_epoch,
             "drift_report_id": report_id, **(extra or {})}

@@ -141,6 +141,7 @@ def log_training_run(target: Registry | str | None, adapter: Any, params: Mappin
                 else _start(client, tracking_uri, task, language,
                             run_name or f"gates {task}/{language} v{version}", tags)
             _log_values(client, run_id, params, metrics)
+            _log_datasets(client, run_id, adapter, kind)
             if gate_report is not None:
                 client.log_dict(run_id, gate_report, "gate_report.json")
                 gates = gate_report.get("gates", []) if isinstance(gate_report, Mapping) \
@@ -155,6 +156,40 @@ def log_training_run(target: Registry | str | None, adapter: Any, params: Mappin
     except Exception as exc:  # never fail training because the mirror is down
         _abandon(client, run_id, "training", exc)
         return None
+
+
+def _log_datasets(client: MlflowClient, run_id: str, adapter: Any, kind: str) -> None:
+    """Each registered dataset the adapter's training read, as an MLflow dataset input
+    (name, digest = sha256, source, rows, schema), so the run page lists them; a gate
+    (evaluation) run names the held-out splits it was judged on."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    hyper = _field(adapter, "hyperparams") or {}
+    read = hyper.get("datasets") if isinstance(hyper, Mapping) else None
+    inputs = []
+    for d in read if isinstance(read, list) else []:
+        if not isinstance(d, Mapping) or not d.get("sha256"):
+            continue
+        held_out = d.get("split") in ("test", "dev")
+        if kind == "evaluation" and not held_out:
+            continue
+        columns = {"parallel": ["id", "source_text", "text"], "unlabelled": ["id", "text"]
+                   }.get(str(d.get("kind")), ["id", "text", "label"])
+        schema = json.dumps({"mlflow_colspec": [{"name": c, "type": "string"}
+                                                for c in columns]})
+        context = "evaluation" if kind == "evaluation" else (
+            "validation" if held_out else "training")
+        inputs.append(DatasetInput(
+            Dataset(name=str(d.get("ref")), digest=str(d["sha256"])[:36],
+                    source_type="xlt-registry",
+                    source=json.dumps({"dataset_id": d.get("id"), "uri": f"store:{d['sha256']}",
+                                       "source": d.get("source")}),
+                    schema=schema, profile=json.dumps({"num_rows": d.get("rows")})),
+            [InputTag("mlflow.data.context", context)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def _log_gates(client: MlflowClient, run_id: str, gates: Any) -> None:

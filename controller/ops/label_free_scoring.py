@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.data import cldr
-from controller.data.cldr import dataset_variants
+from controller.data.access import TaskData
 from controller.ops.model_cache import ModelCache
 from registry import queries
 from registry.service import Registry
@@ -34,6 +33,11 @@ class LabelFreeScoring:
     # (task, language, version, text) -> (label, P(correct)), least recently read first
     _correctness: dict[tuple[str, str, int, str], tuple[str, float]]
 
+    def _served_rows(self, task: str, language: str, split: str) -> Any:
+        """`split`'s labelled rows of what the track serves: its language and variants."""
+        data = TaskData(self.reg, task)
+        return data.labelled(split, [language, *data.variants(language)])
+
     def predict(self, task: str, language: str, version: int,
                 texts: list[str]) -> tuple[list[str], Any]:
         return self.models.predict(task, language, version, texts)
@@ -54,7 +58,7 @@ class LabelFreeScoring:
             if stored is not None:
                 self._calibrators[key] = stored
                 return stored
-            dev = cldr.load_split("dev", [language, *dataset_variants(language)])
+            dev = self._served_rows(task, language, "dev")
             labels, conf = self.models.predict(task, language, version, dev["text"].tolist())
             self._calibrators[key] = fit_calibrator(
                 conf, [a == b for a, b in zip(labels, dev["label"], strict=True)])
@@ -68,7 +72,7 @@ class LabelFreeScoring:
 
         key = (task, language, version)
         if key not in self._knn_refs:
-            rows = cldr.load_split("train", [language])
+            rows = TaskData(self.reg, task).labelled("train", [language])
             _, labels = self.models.adapter(task, language, version)
             index = {name: i for i, name in enumerate(labels)}
             _, _, ref = self.models.probabilities(task, language, version,
@@ -88,7 +92,7 @@ class LabelFreeScoring:
         if key not in self._feature_maps:
             row = self.reg.query(queries.show_adapter, task, language, version)
             record = (row.get("metrics") or {}).get("calibrator")
-            if record is not None or cldr.load_split("train", [language]).empty:
+            if record is not None or TaskData(self.reg, task).labelled("train", [language]).empty:
                 self._feature_maps[key] = feature_calibrator_from_record(record)
             else:
                 self._fit_on_dev(task, language, version)
@@ -102,7 +106,7 @@ class LabelFreeScoring:
         from controller.training.crossfit import KNN_K, Scored, fit_maps
 
         key = (task, language, version)
-        dev = cldr.load_split("dev", [language, *dataset_variants(language)])
+        dev = self._served_rows(task, language, "dev")
         labels, probs, emb = self.models.probabilities(task, language, version,
                                                        dev["text"].tolist())
         agree = self._agreement(task, language, version, emb, probs.argmax(1), KNN_K)

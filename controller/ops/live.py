@@ -10,8 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from controller.data import cldr
-from controller.data.cldr import dataset_variants  # noqa: F401 (callers import it here)
+from controller.data.access import TaskData
 from controller.drift.check import check_language
 from controller.drift.reference import build_reference, get_or_build, reference_key
 from controller.drift.store import RegistryReferenceStore, record_result
@@ -23,7 +22,7 @@ from controller.ops.model_cache import ModelCache
 from controller.policy import DriftPolicy, Policy
 from controller.traffic.log import read_window
 from controller.training.evaluate import evaluate_split
-from controller.training.pipeline import task_spec, train_adapter
+from controller.training.pipeline import train_adapter
 from registry import queries
 from registry.languages import parent_languages
 from registry.service import Registry
@@ -76,10 +75,13 @@ class LiveOperations(LabelFreeScoring):
                                             int(champion), int(report_id))
                 if traffic is not None:
                     return traffic
-        rows = cldr.load_split("test", langs)
+        data = TaskData(self.reg, task)
+        rows = data.labelled("test", langs)
         if len(rows) < 100:  # a tiny test split is its own noise: add the dev split
-            rows = pd.concat([cldr.load_split("dev", langs), rows], ignore_index=True)
-        source = f"cldr-emoji/{'+'.join(langs)}/test@{cldr.load_manifest()['version']}"
+            rows = pd.concat([data.labelled("dev", langs), rows], ignore_index=True)
+        # named by the datasets read (their sha256), so new data means a new reference
+        source = (f"{task}/{'+'.join(langs)}/test@"
+                  + ",".join(d["sha256"][:12] for d in data.lineage()))
         key = reference_key(source, encoder_row["fingerprint"],
                             f"v{champion}" if champion else None)
 
@@ -131,7 +133,7 @@ class LiveOperations(LabelFreeScoring):
         data_languages = list(params.get("data_languages") or [language])
         if not params.get("data_languages") and (
                 params.get("drift_report_id") is not None or params.get("with_variants")):
-            data_languages += dataset_variants(language)
+            data_languages += TaskData(self.reg, task).variants(language)
         result = train_adapter(
             self.reg, task, language, base=params.get("base"), teacher=params.get("teacher"),
             epochs=params.get("epochs"), device=params.get("device", self.device),
@@ -144,6 +146,7 @@ class LiveOperations(LabelFreeScoring):
             calibration_folds=int(params.get("calibration_folds") or 0),
             lexical=params.get("lexical"),
             lexical_refit=params.get("lexical_refit"),
+            max_rows_per_epoch=params.get("max_rows_per_epoch"),
             inputs_fingerprint=params.get("inputs_fingerprint"),
             **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
         log_training_result(self.reg, task, language, result, params)
@@ -165,11 +168,13 @@ class LiveOperations(LabelFreeScoring):
                      eval_language: str, also: list[str] | None = None) -> dict[str, Any]:
         """Evaluate on `eval_language`'s test items, plus those of `also` (counted as
         `eval_language`: the variants a track serves by fallback)."""
-        _, labels = task_spec(task)
+        data = TaskData(self.reg, task)
+        labels = data.labels
         loaded, _ = self.models.adapter(task, adapter_language, version)
         row = self.reg.query(queries.show_adapter, task, adapter_language, version)
         teacher = row["teacher_language"] or "en"
-        df = cldr.load_split("test", [teacher, eval_language, *(also or [])]).copy()
+        data.require(eval_language, "test", "a candidate cannot be gated")
+        df = data.labelled("test", [teacher, eval_language, *(also or [])]).copy()
         df.loc[df["language"].isin(also or []), "language"] = eval_language
         return evaluate_split(self.models.base(row["base"]), loaded.model, loaded.head, df,
                               eval_language, labels, source_language=teacher,
@@ -180,8 +185,8 @@ class LiveOperations(LabelFreeScoring):
         (hi with hi-Latn), the same items, in the same order, for candidate and champion."""
         key = (task, language, version)
         if key not in self._evaluations:
-            self._evaluations[key] = self._evaluate_on(task, language, version, language,
-                                                        dataset_variants(language))
+            self._evaluations[key] = self._evaluate_on(
+                task, language, version, language, TaskData(self.reg, task).variants(language))
         return self._evaluations[key]
 
     def fairness(self, task: str, language: str, version: int,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.data import cldr
+from controller.data.access import TaskData
 from controller.drift.projection import pca_2d
 from registry.errors import InvalidInput
 from registry.names import encoder_ref, safe_path, task_name
@@ -48,17 +48,24 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def language_map(embed: Any, languages: list[str],
                  tracks: dict[str, dict[str, Any]] | None = None,
-                 split: str = "test") -> tuple[list[LanguagePoint], dict[str, np.ndarray]]:
+                 split: str = "test", data: TaskData | None = None,
+                 ) -> tuple[list[LanguagePoint], dict[str, np.ndarray]]:
     """The numbers and the 2-D points (per language) of the picture. `embed`: texts ->
-    (n, d) array (the base encoder's)."""
-    known = set(cldr.load_manifest()["per_language"])
+    (n, d) array (the base encoder's); `data`: the task's registered data."""
+    if data is None:
+        raise InvalidInput("the languages report reads a task's registered data",
+                           "pass the task's TaskData")
+    known = set(data.languages_with(split))
     unknown = sorted(set(languages) - known)
+    if ENGLISH not in known:
+        unknown = [ENGLISH, *unknown]
     if unknown:
-        raise InvalidInput(f"no shipped CLDR items for {', '.join(unknown)}",
-                           f"languages with data: {', '.join(sorted(known))}")
+        raise InvalidInput(f"task {data.task!r} has no labelled {split} rows in "
+                           f"{', '.join(unknown)}",
+                           f"languages with data: {', '.join(sorted(known)) or 'none'}")
     wanted = [ENGLISH] + [lang for lang in dict.fromkeys(languages) if lang != ENGLISH]
-    rows = cldr.load_split(split, wanted)
-    rows = rows.assign(item=rows["id"].str.split(":", n=1).str[1])  # emoji:kind, shared
+    rows = data.labelled(split, wanted)
+    rows = rows.assign(item=rows["id"])  # the same id in two languages is the same item
     vectors = {lang: _normalise(np.asarray(embed(grp["text"].tolist()), dtype=np.float64))
                for lang, grp in rows.groupby("language", sort=False)}
     items = {lang: grp["item"].tolist() for lang, grp in rows.groupby("language", sort=False)}
@@ -175,7 +182,7 @@ def report_languages(registry: Any, task: str, languages: list[str], base: str,
 
     _, encoder = load_base(registry, base, device)
     tracks = {r["language"]: r for r in registry.status(task)}
-    points, xy = language_map(encoder.embed, languages, tracks)
+    points, xy = language_map(encoder.embed, languages, tracks, data=TaskData(registry, task))
     name, version = encoder_ref(base)
     stem = safe_path(out_dir, f"languages-{task_name(task)}-{name}-{version}")
     png = draw(points, xy, base, task, stem.with_suffix(".png"))

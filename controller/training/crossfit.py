@@ -132,7 +132,7 @@ def cross_fitted(encoder: TextEncoder, train: pd.DataFrame, language: str,
     (folds by emoji) plus `extra` (the adapter's own scores on dev). Each fold model's
     nearest-neighbour reference is its own kept rows of the language."""
     mine = train[train["language"] == language]
-    emoji = sorted(set(mine["emoji"]), key=str)
+    emoji = sorted(set(mine["id"]), key=str)  # items: the same id in every language
     if folds < 2 or len(emoji) < folds:
         raise ValueError(f"cross-fitting needs at least {folds} items of {language} and "
                          f"2 folds, got {len(emoji)} items and {folds} folds")
@@ -140,8 +140,8 @@ def cross_fitted(encoder: TextEncoder, train: pd.DataFrame, language: str,
     parts = [extra]
     for k in range(folds):
         held = {emoji[i] for i in order[k::folds]}
-        model, head = recipe(train[~train["emoji"].isin(held)])
-        out = mine["emoji"].isin(held)
+        model, head = recipe(train[~train["id"].isin(held)])
+        out = mine["id"].isin(held)
         parts.append(score_rows(encoder, model, head, mine[out], mine[~out], labels, cache))
         del model
     return fit_maps(Scored.concat(parts))

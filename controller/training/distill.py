@@ -67,6 +67,8 @@ class DistillConfig:
     kl_temperature: float = 1.0
     unlabeled_kl_weight: float = 0.0
     ce_weight: float = 0.0
+    # more samples than this: each epoch trains on a fresh stratified draw of this many
+    epoch_rows: int | None = None
     # share of the pair count added as source self pairs, keeping English usable
     source_share: float = 0.25
     # the source self pairs carry their item's label too (cross-entropy with ce_weight,
@@ -141,6 +143,20 @@ def for_base(model_config: Any, top_blocks: int | None = None, **overrides: Any
     top = DEEP_TOP_BLOCKS if top_blocks is None else top_blocks
     return replace(DistillConfig(frozen_layers=max(0, layers - top), **DEEP_RECIPE),
                    **overrides)
+
+
+def stratified_sample(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k indices drawn without replacement, each label (IGNORE_LABEL too) keeping its share
+    of the rows (largest remainders), in index order."""
+    labels = np.asarray(labels)
+    values, counts = np.unique(labels, return_counts=True)
+    quota = counts * (k / len(labels))
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take))[: k - int(take.sum())]:
+        take[i] += 1
+    picked = [rng.choice(np.flatnonzero(labels == v), size=n, replace=False)
+              for v, n in zip(values, take, strict=True) if n]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=int)
 
 
 @dataclass
@@ -293,7 +309,9 @@ def distill(encoder: TextEncoder, head: LinearHead, pairs: ParallelData,
     anchor = [p.detach().clone() for p in params] if cfg.l2_pull > 0 else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lengths = np.array([len(x) for x in samples.ids])
-    steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    per_epoch = (len(lengths) if not cfg.epoch_rows or cfg.epoch_rows >= len(lengths)
+                 else cfg.epoch_rows)
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     total = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - s / total))
@@ -304,7 +322,11 @@ def distill(encoder: TextEncoder, head: LinearHead, pairs: ParallelData,
     bar = tqdm(total=total, disable=not progress, desc="distill", unit="step")
     for epoch in range(cfg.epochs):
         sums = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "ce": 0.0}
-        batches = _batches(lengths, cfg.batch_size, rng)
+        if per_epoch < len(lengths):  # this epoch's draw, stratified by label
+            chosen = stratified_sample(samples.labels.numpy(), per_epoch, rng)
+            batches = [chosen[b] for b in _batches(lengths[chosen], cfg.batch_size, rng)]
+        else:
+            batches = _batches(lengths, cfg.batch_size, rng)
         for idx in batches:
             it = torch.as_tensor(idx)
             if states is not None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-from controller.data import cldr
 from controller.encoders.me5 import cache_root
 from controller.encoders.text import TextEncoder
 from controller.training.embed import embed_sorted
@@ -26,9 +25,12 @@ from controller.training.head import LinearHead, load_head, save_head, train_hea
 from controller.training.state_cache import BaseStateCache
 
 
-def head_key(base_fingerprint: str, teacher: str, labels: Sequence[str], seed: int) -> str:
-    split_sha = hashlib.sha256(cldr.split_path("train").read_bytes()).hexdigest()
-    raw = json.dumps([base_fingerprint, teacher, list(labels), seed, split_sha])
+def head_key(base_fingerprint: str, teacher: str, labels: Sequence[str], seed: int,
+             rows: pd.DataFrame) -> str:
+    """Per (base, teacher, label set, seed, the teacher's rows themselves)."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(
+        rows[["text", "label"]], index=False).to_numpy().tobytes()).hexdigest()
+    raw = json.dumps([base_fingerprint, teacher, list(labels), seed, digest])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -50,7 +52,8 @@ def cached_teacher_head(encoder: TextEncoder, base_fingerprint: str, train: pd.D
                         cache: BaseStateCache | None = None) -> LinearHead:
     directory = Path(root) if root else cache_root() / "heads"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{head_key(base_fingerprint, teacher, labels, seed)}.safetensors"
+    key = head_key(base_fingerprint, teacher, labels, seed, train[train["language"] == teacher])
+    path = directory / f"{key}.safetensors"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return load_head(path)

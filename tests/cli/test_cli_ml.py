@@ -26,6 +26,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     home = tmp_path_factory.mktemp("cli-ml") / "home"
     assert xlt(home, "init").returncode == 0
     assert xlt(home, "encoder", "register", "tiny@1", str(tiny_model_dir)).returncode == 0
+    assert xlt(home, "task", "create", "emoji-group", "--demo").returncode == 0
     p = xlt(home, "train", "--task", "emoji-group", "--lang", "sw", "--base", "tiny@1",
             "--epochs", "1", "--device", "cpu", "--json")
     assert p.returncode == 0, p.stderr
@@ -40,6 +41,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
             for r in client.search_runs([e.experiment_id])]
     assert any(r.data.metrics.get("accuracy") == pytest.approx(out["accuracy"])
                for r in runs), f"xlt train logged no MLflow run with its accuracy:\n{p.stderr}"
+    # the run page lists each registered dataset the training read (digest: its sha256)
+    (run,) = [r for r in runs if r.data.metrics.get("accuracy") == pytest.approx(
+        out["accuracy"]) and r.data.tags.get("xlt.kind") == "training"]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert {"emoji-group/en/train@cldr-41.1", "emoji-group/sw/train@cldr-41.1",
+            "emoji-group/sw/test@cldr-41.1"} <= set(inputs)
+    assert json.loads(inputs["emoji-group/sw/train@cldr-41.1"].dataset.profile)["num_rows"] > 0
     return home
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -174,25 +173,6 @@ def test_weight_validation(setup) -> None:
     for bad in (0, -5, 101):
         with pytest.raises(InvalidInput, match="out of range"):
             reg.start_canary(TASK, "sw", v2.version, bad)
-
-
-def test_dataset_registration_with_provenance(setup, tmp_path) -> None:
-    reg, _enc, _adapter = setup
-    f = tmp_path / "d.jsonl"
-    f.write_text('{"text": "a"}\n{"text": "b"}\n')
-    kw = dict(name="cldr-emoji", language="sw", split="train", version="1", path=f,
-              source="CLDR 41", licence="Unicode-DFS-2016", consent="public data",
-              collected_at=datetime(2022, 4, 6, tzinfo=UTC))
-    d = reg.register_dataset(**kw)
-    assert d.rows == 2 and len(d.sha256) == 64
-    assert reg.verify_dataset(d) == f
-    with pytest.raises(AlreadyExists):
-        reg.register_dataset(**kw)
-    with pytest.raises(InvalidInput, match="licence is empty"):
-        reg.register_dataset(**{**kw, "version": "2", "licence": " "})
-    f.write_text('{"text": "changed"}\n')
-    with pytest.raises(ArtifactError, match="changed on disk"):
-        reg.verify_dataset(d)
 
 
 def test_adapter_artifact_verified_on_load(setup) -> None:

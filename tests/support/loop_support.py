@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from controller.data import cldr
 from controller.demo.server import Server
 from controller.drift.simulator import Scenario, TrafficSimulator
 from controller.loop.clock import ManualClock
@@ -16,6 +17,7 @@ from controller.runtime.bootstrap import build_controller, build_operations
 from controller.traffic.log import read_window
 from registry.service import Registry
 from registry.settings import load_settings
+from tests.support.task_data import TEST_LANGUAGES
 
 TASK = "emoji-group"
 START = datetime(2027, 1, 4, tzinfo=UTC).timestamp()
@@ -68,6 +70,7 @@ def open_registry(url: str, home: Path, actor: str = "controller") -> Registry:
 def setup(url: str, home: Path, tiny_dir: Path, tiny_dir_v2: Path | None = None) -> Registry:
     reg = open_registry(url, home, "setup")
     reg.init()
+    cldr.register_task(reg, TEST_LANGUAGES)
     reg.register_encoder("tiny", "1", tiny_dir)
     if tiny_dir_v2 is not None:
         reg.register_encoder("tiny", "2", tiny_dir_v2)
@@ -86,7 +89,8 @@ class Drill:
         self.clock = ManualClock(START)
         models = ModelCache(self.reg, "cpu")
         self.server = Server(self.reg, TASK, models=models)
-        self.sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=0.5)
+        self.sim = TrafficSimulator(task=TASK, split="dev", feedback_rate=0.5,
+                                    registry=self.reg)
         ops = build_operations(self.reg, self.policy, models=models, clock=self.clock)
         self.controller = build_controller(self.reg, self.policy, ops=ops, clock=self.clock,
                                            actor=actor)

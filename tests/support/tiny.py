@@ -35,12 +35,18 @@ def adapter_tensors(rng: np.random.Generator, hidden: int = 32, layers: int = 2,
     return tensors
 
 
+EMOJI_LABELS = ("Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink",
+                "Travel & Places", "Activities", "Objects", "Symbols")
+
+
 def adapter_config(hidden: int = 32, rank: int = 4, labels: int = 8,
                    targets: tuple[str, ...] = ("query", "value")) -> dict:
     return {"kind": "lora", "r": rank, "alpha": 2 * rank, "dropout": 0.0,
             "target_modules": sorted(targets), "layers_to_transform": None,
             "head_shape": [hidden, labels], "num_labels": labels,
-            "labels": [f"label{i}" for i in range(labels)]}
+            # 8 outputs: the demo task's labels (a registered emoji-group task checks them)
+            "labels": list(EMOJI_LABELS) if labels == len(EMOJI_LABELS)
+            else [f"label{i}" for i in range(labels)]}
 
 
 def write_adapter_file(path: Path, base_fingerprint: str | None, seed: int = 0) -> Path:

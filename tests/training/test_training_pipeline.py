@@ -8,23 +8,28 @@ import pytest
 
 from controller.data import cldr
 from controller.training.distill import DistillConfig
-from controller.training.pipeline import ensure_dataset, evaluate_adapter, train_adapter
+from controller.training.pipeline import evaluate_adapter, train_adapter
 from registry import queries
 
 TASK = "emoji-group"
 SMALL = DistillConfig(r=4, alpha=8, batch_size=16, max_length=24, warmup_steps=2)
 
 
-def test_shipped_dataset_sha256_matches_registry(tiny_registry) -> None:
+def test_cldr_task_registered_through_the_public_path(tiny_registry) -> None:
+    """The demo task's data is registered as any team's is: per language and split, in the
+    store (normalised, sha256), with its provenance; registering again adds nothing."""
+    assert cldr.register_task(tiny_registry, ["sw"]) == []  # the fixture registered it
+    rows = {r["split"]: r for r in tiny_registry.query(queries.task_datasets, TASK)
+            if r["language"] == "sw"}
     manifest = cldr.load_manifest()
-    ids = {split: ensure_dataset(tiny_registry, "sw", split) for split in cldr.SPLITS}
-    assert ensure_dataset(tiny_registry, "sw", "train") == ids["train"]  # idempotent
-    rows = {r["split"]: r
-            for r in tiny_registry.query(queries.list_datasets, cldr.DATASET_NAME, "sw")}
-    for split in cldr.SPLITS:
-        assert rows[split]["sha256"] == manifest["splits"][split]["sha256"]
+    assert set(rows) == set(cldr.SPLITS)
+    for split in ("train", "dev"):
         assert rows[split]["rows"] == manifest["per_language"]["sw"][split]
-        assert rows[split]["licence"] == "Unicode-DFS-2016"
+    # test rows whose text is also a train text of sw are left out (a held-out text seen)
+    assert 0 < manifest["per_language"]["sw"]["test"] - rows["test"]["rows"] < 20
+    for r in rows.values():
+        assert r["licence"] == "Unicode-DFS-2016" and r["uri"] == f"store:{r['sha256']}"
+        assert tiny_registry.dataset_file(r).is_file()
 
 
 def test_train_register_evaluate_and_continue(tiny_registry) -> None:
@@ -32,7 +37,12 @@ def test_train_register_evaluate_and_continue(tiny_registry) -> None:
                         config=SMALL, limit_pairs=64, drift_report_id=None)
     assert out["version"] == 1 and out["teacher"] == "en"
     row = tiny_registry.query(queries.show_adapter, TASK, "sw", 1)
-    assert row["teacher_language"] == "en" and len(row["dataset_ids"]) == 2
+    assert row["teacher_language"] == "en"
+    # lineage: every dataset it read (en and sw train, sw dev and test), with sha256
+    read = {(d["language"], d["split"]) for d in row["hyperparams"]["datasets"]}
+    assert {("en", "train"), ("sw", "train"), ("sw", "test")} <= read
+    assert sorted(row["dataset_ids"]) == sorted(d["id"] for d in row["hyperparams"]["datasets"])
+    assert row["hyperparams"]["recipe"] in ("transfer", "transfer+labels")
     assert row["config"]["kind"] == "lora" and row["config"]["r"] == 4
     assert row["hyperparams"]["epochs"] == 1 and row["hyperparams"]["data_languages"] == ["sw"]
     assert 0.0 <= row["metrics"]["accuracy"] <= 1.0
