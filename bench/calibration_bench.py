@@ -106,6 +106,7 @@ def measure(args: argparse.Namespace, split: str, home: Path, languages: list[st
     rows = []
     reg = Registry(load_settings(home=home), actor="bench")
     reg.init()
+    cldr.register_task(reg)  # the task's data, as a team registers its own
     name, version = args.base.split("@", 1)
     reg.register_encoder(name, version, model_dir)
     ops = build_operations(reg, parse_policy(""), device="cpu")

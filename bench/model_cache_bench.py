@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from controller.data import cldr  # noqa: E402
 from controller.runtime.bootstrap import build_operations  # noqa: E402
 from registry.service import Registry  # noqa: E402
 from registry.settings import load_settings  # noqa: E402
@@ -153,6 +154,7 @@ def main() -> None:
                                      database_url=f"sqlite:///{tmp}/registry.db"),
                        actor="bench")
         reg.init()
+        cldr.register_task(reg)  # the task's data, as a team registers its own
         reg.register_encoder("me5-small", "1", model_dir, source=me5.source,
                              provenance=me5.provenance(model_dir))
         make_adapters(reg, model_dir, Path(tmp), args.top_blocks)

@@ -51,6 +51,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
+from controller.data import cldr  # noqa: E402
 from controller.loop.clock import ManualClock  # noqa: E402
 from controller.loop.reconciler import request_retrain  # noqa: E402
 from controller.policy import Policy  # noqa: E402
@@ -130,6 +131,7 @@ def build(db: Database, home: Path, tiny: Path, n: int, real: list[str]) -> Regi
 
     reg = Registry(load_settings(home=home, database_url=db.url), actor="bench")
     reg.init()
+    cldr.register_task(reg)  # the task's data, as a team registers its own
     reg.register_encoder("tiny", "1", tiny)
     reg.ensure_track(TASK, "hi", "tiny@1")
     trained = train_adapter(reg, TASK, "hi", teacher="en", epochs=1, device="cpu",

@@ -109,6 +109,18 @@ def test_every_command_of_the_tutorial_runs(tmp_path: Path, db_url: str,
     assert hyper["recipe"] == "transfer+labels" and hyper["pairs_from"] == {"sw": "by-id"}
     assert {(d["language"], d["split"]) for d in hyper["datasets"]} >= {
         ("en", "train"), ("sw", "train"), ("sw", "test")}
+    # what xlt serve answered is in the traffic log (written off the request path, flushed
+    # on its clean shutdown)
+    from sqlalchemy import func, select
+
+    from registry.schema import InferenceEvent
+    from registry.service import Registry
+
+    reg = Registry.open(home=tmp_path / "home", database_url=db_url)
+    with reg.reading() as session:
+        logged = session.scalar(select(func.count()).select_from(InferenceEvent).where(
+            InferenceEvent.task == "region", InferenceEvent.language == "sw"))
+    assert logged == 1
 
 
 def _post_when_up(server: subprocess.Popen[bytes], url: str, body: bytes, header: str,

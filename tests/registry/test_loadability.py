@@ -78,7 +78,7 @@ def test_a_good_file_registers_and_loads(world: Any, tmp_path: Path) -> None:
     _, encoder = load_base(world, "tiny@1", "cpu")
     loaded = load_adapter(blob, encoder.model, encoder.tokenizer)
     assert list(loaded.head.shape) == [32, 8]
-    assert MultiAdapterBase("tiny@1", encoder).load("k", blob).labels[0] == "label0"
+    assert MultiAdapterBase("tiny@1", encoder).load("k", blob).labels[0] == "Smileys & Emotion"
 
 
 def _drop(config: dict[str, Any], key: str) -> dict[str, Any]:

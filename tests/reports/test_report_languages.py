@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from controller.data import cldr
 from tests.cli.test_cli import assert_clean_error, xlt
 from tests.support.obs_support import TASK, open_registry
 
@@ -17,6 +18,7 @@ def test_report_languages_writes_png_and_html(sqlite_url: str, tmp_path: Path,
     reg = open_registry(sqlite_url, home)
     reg.init()
     reg.register_encoder("tiny", "1", tiny_model_dir)
+    cldr.register_task(reg, ["en", "sw", "yo", "sr-Latn"])
     for language in ("sw", "yo", "sr-Latn"):
         reg.ensure_track(TASK, language, "tiny@1")
     out = tmp_path / "pictures"
@@ -41,6 +43,7 @@ def test_report_languages_refuses_bad_input(sqlite_url: str, tmp_path: Path,
     reg = open_registry(sqlite_url, home)
     reg.init()
     reg.register_encoder("tiny", "1", tiny_model_dir)
+    cldr.register_task(reg, ["en", "sw"])
     out = tmp_path / "pictures"
     assert_clean_error(xlt(home, "report", "languages", "--out", str(out), db=sqlite_url),
                        2, "no controlled languages for task 'emoji-group'")
@@ -49,5 +52,6 @@ def test_report_languages_refuses_bad_input(sqlite_url: str, tmp_path: Path,
     assert_clean_error(xlt(home, "report", "languages", "--lang", "sw", "--base", "tiny@9",
                            "--out", str(out), db=sqlite_url), 2, "tiny@9")
     assert_clean_error(xlt(home, "report", "languages", "--lang", "fi", "--base", "tiny@1",
-                           "--out", str(out), db=sqlite_url), 2, "no shipped CLDR items for fi")
+                           "--out", str(out), db=sqlite_url),
+                       2, "task 'emoji-group' has no labelled test rows in fi")
     assert not out.exists()  # nothing written by refused commands
