@@ -223,7 +223,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     # refused before a model is loaded: what the track cannot be gated without
     data.require(language, "test", "a candidate of this track cannot be gated")
     teacher_lang, choice = _teacher(data, language, teacher)
-    recipe = _recipe(data, teacher_lang, langs)
+    plan = _recipe(data, teacher_lang, langs)
     has_dev = data.find(language, "labelled", "dev") is not None
     encoder_row, encoder = load_base(registry, base_ref, device)
     # per-base defaults (deep bases: frozen prefix, short sequences), see distill.for_base
@@ -231,7 +231,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
     cfg = replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}),
                   **({"lexical": lexical} if lexical is not None else {}),
                   **({"lexical_refit": lexical_refit} if lexical_refit is not None else {}))
-    if lexical and not (recipe["target_labels_available"] and has_dev):
+    if lexical and not (plan["target_labels_available"] and has_dev):
         raise InvalidInput(f"a lexical half needs {language} labels for training and a dev "
                            f"split to weigh it; task {task!r} has "
                            f"{'no dev split' if has_dev is False else 'no labels'} there",
@@ -240,7 +240,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
         raise InvalidInput(f"a lexical half needs a recipe that trains on {language}'s labels "
                            f"and calibrates on its dev split; {base_ref}'s recipe does not",
                            "train without --lexical, or on a deep base (e.g. me5-small@1)")
-    if not recipe["target_labels_available"]:  # nothing to fit a lexical half on
+    if not plan["target_labels_available"]:  # nothing to fit a lexical half on
         cfg = replace(cfg, lexical=False)
     if not has_dev:  # no dev split: no temperature, no lexical weighing
         cfg = replace(cfg, calibrate=False, lexical=False)
@@ -344,7 +344,7 @@ def train_adapter(registry: Any, task: str, language: str, teacher: str | None =
              "target_labels": pairs.target_labels is not None, "temperature": temperature,
              "lexical_ngrams": int(head.lexical.ids.size) if head.lexical is not None else 0,
              "device": str(encoder.device),
-             "pairs": len(pairs), "train_seconds": round(wall, 2), **recipe,
+             "pairs": len(pairs), "train_seconds": round(wall, 2), **plan,
              "unlabelled_texts": len(unlabeled), "datasets": data.lineage(),
              "calibration_folds": calibration_folds,
              "teacher_choice": choice.to_dict() if choice else {"teacher": teacher_lang,

@@ -60,7 +60,7 @@ def test_evaluate(trained: Path) -> None:
     human = xlt(trained, "evaluate", "--task", "emoji-group", "--lang", "sw")
     assert "macro_f1" in human.stdout and "PRECISION" in human.stdout
     bad = xlt(trained, "train", "--task", "no-such-task", "--lang", "sw", "--epochs", "1")
-    assert bad.returncode == 2 and "unknown task" in bad.stderr
+    assert bad.returncode == 2 and "no task 'no-such-task'" in bad.stderr
 
 
 def _events(n: int, lang: str = "sw") -> list[dict]:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from sqlalchemy import event, select
 
+from controller.data import cldr
 from controller.loop.clock import ManualClock
 from controller.policy import Policy
 from controller.runtime.bootstrap import build_operations, build_reconciler
 from registry import queries
 from registry.schema import Track
 from registry.service import Registry
+from tests.support.task_data import TEST_LANGUAGES
 from tests.support.tiny import write_adapter_file
 
 TASK = "emoji-group"
@@ -65,6 +67,7 @@ def _tick_statements(reg: Registry, task: str, n: int) -> list[str]:
 def test_steady_tick_reads_the_same_for_5_or_60_tracks(registry: Registry,
                                                         tiny_model_dir: Path) -> None:
     registry.init()
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task's data
     registry.register_encoder("tiny", "1", tiny_model_dir)
     few = _tick_statements(registry, "few", 5)
     many = _tick_statements(registry, "many", 60)  # the 5 of "few" are still there
@@ -75,6 +78,7 @@ def test_status_joins_only_the_adapters_tracks_point_at(registry: Registry,
                                                         tiny_model_dir: Path,
                                                         tmp_path: Path) -> None:
     registry.init()
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task's data
     enc = registry.register_encoder("tiny", "1", tiny_model_dir)
     for seed in range(1, 4):  # three versions of sr, two of them not live
         f = write_adapter_file(tmp_path / f"sr{seed}.safetensors", enc.fingerprint, seed)
@@ -96,6 +100,7 @@ def test_cached_resolver_revalidates_once_per_batch(registry: Registry,
                                                     tiny_model_dir: Path,
                                                     tmp_path: Path) -> None:
     registry.init()
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task's data
     enc = registry.register_encoder("tiny", "1", tiny_model_dir)
     for seed in (1, 2):
         f = write_adapter_file(tmp_path / f"sr{seed}.safetensors", enc.fingerprint, seed)

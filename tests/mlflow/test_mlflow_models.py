@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.data import cldr
 from controller.mlflow_mirror import Mirror, drain, track_model_name
 from controller.ops.live import log_training_result
 from controller.serve.engine import Engine, Request
@@ -23,6 +24,7 @@ from controller.training.pipeline import train_adapter
 from registry.service import Registry
 from registry.settings import load_settings
 from tests.support.serve_support import TASK, register_lora
+from tests.support.task_data import TEST_LANGUAGES
 
 SMALL = DistillConfig(r=4, alpha=8, batch_size=16, max_length=24, warmup_steps=2)
 TEXTS = ["uso tabasamu", "paka", "gari basi", "mpira wa miguu", "tunda zabibu"]
@@ -43,6 +45,7 @@ def trained(tmp_path: Path, sqlite_url: str, tiny_model_dir: Path):
     reg = Registry(load_settings(home=home, database_url=sqlite_url,
                                  mlflow_tracking_uri=tracking), "tester")
     reg.init()
+    cldr.register_task(reg, TEST_LANGUAGES)  # the demo task's data
     reg.register_encoder("tiny", "1", tiny_model_dir)
     result = train_adapter(reg, TASK, "sw", base="tiny@1", epochs=1, device="cpu", seed=1,
                            config=SMALL, limit_pairs=64)
@@ -105,6 +108,7 @@ def test_version_page_follows_status_gates_and_every_canary_step(tmp_path: Path,
                                  mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
                    "ops")
     reg.init()
+    cldr.register_task(reg, TEST_LANGUAGES)  # the demo task's data
     reg.register_encoder("tiny", "1", tiny_model_dir)
     for seed in (1, 2, 3):
         register_lora(reg, tiny_model_dir, tmp_path, "sw", seed)

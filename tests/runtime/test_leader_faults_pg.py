@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from controller.data import cldr
 from registry import queries
 from registry.service import Registry
 from registry.settings import load_settings
 from tests.conftest import PG_ADMIN_URL
+from tests.support.task_data import TEST_LANGUAGES
 from tests.support.tiny import write_adapter_file
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -96,6 +98,7 @@ def test_leader_recovers_from_terminated_backends_and_restarts(
     home = tmp_path / "home"
     reg = Registry(load_settings(home=home, database_url=pg_url), actor="tester")
     reg.init()
+    cldr.register_task(reg, TEST_LANGUAGES)  # the demo task's data
     enc = reg.register_encoder("tiny", "1", tiny_model_dir)
     reg.register_adapter(task=TASK, language=LANG, base="tiny@1",
                          weights=write_adapter_file(tmp_path / "a1.safetensors",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.data import cldr
 from controller.loop.clock import ManualClock
 from controller.policy import parse_policy
 from controller.runtime.bootstrap import build_controller
 from controller.runtime.scheduler import summarise
+from tests.support.task_data import TEST_LANGUAGES
 from tests.support.tiny import write_adapter_file
 
 TASK = "emoji-group"
@@ -25,6 +27,7 @@ def test_summarise_keeps_actions_and_counts_steady_tracks() -> None:
 def test_a_tick_over_steady_tracks_logs_one_line(registry, tiny_model_dir: Path,
                                                  tmp_path: Path) -> None:
     registry.init()
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task's data
     enc = registry.register_encoder("tiny", "1", tiny_model_dir)
     languages = ["sw", "yo", "hi", "am", "ha"]
     for i, lang in enumerate(languages):

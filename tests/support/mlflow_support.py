@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.data import cldr
 from controller.mlflow_mirror.server import server_command, server_env
 from tests.support.serve_support import make_lora_file
+from tests.support.task_data import TEST_LANGUAGES
 
 TASK = "emoji-group"
 
@@ -49,6 +51,7 @@ class World:
 
 def make_world(registry: Any, tiny_model_dir: Path, tmp: Path) -> World:
     registry.init()
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task's data
     enc = registry.register_encoder("tiny", "1", tiny_model_dir)
     return World(registry, tmp, enc.fingerprint, tiny_model_dir)
 

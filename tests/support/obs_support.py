@@ -19,8 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from controller.data import cldr
 from registry.service import Registry
 from registry.settings import load_settings
+from tests.support.task_data import TEST_LANGUAGES
 from tests.support.tiny import write_adapter_file
 
 TASK = "emoji-group"
@@ -79,6 +81,7 @@ def regressing_track(url: str, home: Path, tiny_dir: Path, language: str = "sw")
     0.9), with 20 labelled live events on v2 that are all wrong: a regression."""
     reg = open_registry(url, home)
     reg.init()
+    cldr.register_task(reg, TEST_LANGUAGES)  # the demo task's data
     enc = reg.register_encoder("tiny", "1", tiny_dir)
     for seed in (1, 2):
         weights = write_adapter_file(home / f"a{seed}.safetensors", enc.fingerprint, seed)

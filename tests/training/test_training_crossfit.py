@@ -12,6 +12,7 @@ import pytest
 from controller.analysis.estimation_features import FEATURES, FeatureCalibrator
 from controller.analysis.label_free import arm_estimate, gather
 from controller.data import cldr
+from controller.data.access import TaskData
 from controller.policy import parse_policy
 from controller.runtime.bootstrap import build_operations
 from controller.training.crossfit import (
@@ -137,22 +138,23 @@ def test_adapter_stores_a_cross_fitted_map_that_the_controller_reads(tiny_regist
 
 
 def test_no_fold_model_sees_the_items_it_scores(tiny_registry) -> None:
-    """The recipe is called once per fold, without the fold's emoji in any language; the
-    rows scored are exactly the held-out emoji's rows of the language."""
+    """The recipe is called once per fold, without the fold's items in any language; the
+    rows scored are exactly the held-out items' rows of the language."""
     _, encoder = load_base(tiny_registry, "tiny@1", "cpu")
-    train = cldr.load_split("train", ["en", "sw"])
-    train = train[train["emoji"].isin(sorted(set(train["emoji"]))[:40])].reset_index(drop=True)
+    # the task's registered rows: one item (emoji and kind) has one id in every language
+    train = TaskData(tiny_registry, "emoji-group").labelled("train", ["en", "sw"])
+    train = train[train["id"].isin(sorted(set(train["id"]))[:40])].reset_index(drop=True)
     kept_sets: list[set[str]] = []
 
     def recipe(kept: pd.DataFrame):  # noqa: ANN202
         from controller.training.head import LinearHead
 
-        kept_sets.append(set(kept["emoji"]))
+        kept_sets.append(set(kept["id"]))
         return encoder.model, LinearHead(encoder.hidden_size, len(cldr.LABELS)).eval()
 
     fitted = cross_fitted(encoder, train, "sw", cldr.LABELS, recipe, folds=4, seed=0,
                           extra=Scored(np.array([0.5]), np.array([True]), np.zeros((1, 4))))
-    every = set(train["emoji"])
+    every = set(train["id"])
     held = [every - kept for kept in kept_sets]
     assert len(held) == 4 and all(held)
     assert set().union(*held) == every  # every item held out once ...

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from controller.data import cldr
 from controller.encoders.text import TextEncoder
 from controller.ops.model_cache import ModelCache
 from controller.serve.backends import BatchedBackend, MergedBackend, PeftBackend
@@ -26,6 +27,7 @@ from controller.training.head import LinearHead
 from controller.training.lexical import FORMAT, LexicalHead, fit_lexical, gram_counts
 from registry.errors import ArtifactError
 from tests.support.serve_support import LABELS, LEXICAL_TEXTS, TASK, make_lora_file, register_lora
+from tests.support.task_data import TEST_LANGUAGES
 
 TEXTS = ["paka mweusi", "mbwa", "ndizi tamu", "gari la moshi", "mpira wa miguu", "mbwa"]
 
@@ -99,6 +101,7 @@ def test_fit_stack_weighs_the_informative_half() -> None:
 def test_every_serving_path_adds_the_lexical_logits(registry: Any, tiny_model_dir: Path,
                                                    tmp_path: Path) -> None:
     registry.init()
+    cldr.register_task(registry, TEST_LANGUAGES)  # the demo task's data
     registry.register_encoder("tiny", "1", tiny_model_dir)
     adapter = register_lora(registry, tiny_model_dir, tmp_path, "sw", seed=1, layers=[1],
                             lexical=True)
@@ -143,6 +146,7 @@ def test_a_malformed_lexical_half_is_refused_and_nothing_registered(
         registry: Any, tiny_model_dir: Path, tmp_path: Path, case: str) -> None:
     reg = registry
     reg.init()
+    cldr.register_task(reg, TEST_LANGUAGES)  # the demo task's data
     fingerprint = reg.register_encoder("tiny", "1", tiny_model_dir).fingerprint
     src = make_lora_file(tmp_path / "ok.safetensors", tiny_model_dir, fingerprint, 1,
                          lexical=True)
@@ -252,6 +256,7 @@ def test_cli_refuses_lexical_on_a_shallow_base(tmp_path: Path, tiny_model_dir: P
     home = tmp_path / "home"
     assert xlt(home, "init").returncode == 0
     assert xlt(home, "encoder", "register", "tiny@1", str(tiny_model_dir)).returncode == 0
+    assert xlt(home, "task", "create", TASK, "--demo").returncode == 0
     p = xlt(home, "train", "--task", TASK, "--lang", "sw", "--base", "tiny@1", "--epochs", "1",
             "--device", "cpu", "--lexical")
     assert p.returncode == 2, p.stderr
