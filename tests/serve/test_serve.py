@@ -288,8 +288,8 @@ def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
     before = labels_now(reg)
     assert {lbl for _, lbl in before} == {None}
     ids = [i for i, _ in before]
-    guesses = ([{"prediction_id": str(i), "label": "flags"} for i in ids]
-               + [{"prediction_id": f"{i}.AAAAAAAAAAAAAAAAAAAAAAAA", "label": "flags"}
+    guesses = ([{"prediction_id": str(i), "label": "Symbols"} for i in ids]
+               + [{"prediction_id": f"{i}.AAAAAAAAAAAAAAAAAAAAAAAA", "label": "Symbols"}
                   for i in ids])
     for token in (None, "not-a-token-0123456789", PREDICTOR, ADMIN, OTHER, CLIENT):
         for chunk in (guesses[:50], guesses[50:]):
@@ -299,7 +299,7 @@ def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
             assert set(answer) == {"error", "hint"} and "\n" not in answer["error"]
     # another client's own receipts are refused too; predicting needs a token
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": receipts[0], "label": "flags"}]}, token=OTHER)
+        {"prediction_id": receipts[0], "label": "Symbols"}]}, token=OTHER)
     assert code == 403
     assert call(f"{url}/v1/predict", {"task": TASK, "texts": ["x"], "language": "sw",
                                       "routing_key": "k"}, token=None)[0] == 401
@@ -312,17 +312,17 @@ def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
     assert call(f"{url}/v1/feedback", {"task": TASK, "feedback": [one, one]})[0] == 409
     assert call(f"{url}/v1/feedback", {"task": TASK, "feedback": [one]})[0] == 200
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": receipts[0], "label": "flags"}]})
+        {"prediction_id": receipts[0], "label": "Symbols"}]})
     assert code == 409 and "already have a label" in answer["error"]
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": receipts[1], "label": "food"},
-        {"prediction_id": receipts[0], "label": "flags"}]})
+        {"prediction_id": receipts[1], "label": "Food & Drink"},
+        {"prediction_id": receipts[0], "label": "Symbols"}]})
     assert code == 409  # all or nothing: receipts[1] is not labelled either
     after = dict(labels_now(reg))
     assert after[row_id(receipts[0])] == "animals" and after[row_id(receipts[1])] is None
     # a receipt is for its task
     code, _ = call(f"{url}/v1/feedback", {"task": "other-task", "feedback": [
-        {"prediction_id": receipts[2], "label": "food"}]})
+        {"prediction_id": receipts[2], "label": "Food & Drink"}]})
     assert code == 403
 
 

@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 
-LABELS = ["smileys", "people", "animals", "food", "travel", "activities", "objects", "flags"]
+from tests.support.tiny import EMOJI_LABELS
+
+# the demo task's labels: a registered emoji-group task checks an adapter's head against them
+LABELS = list(EMOJI_LABELS)
 TASK = "emoji-group"
 # labelled texts for a lexical half (label indices into LABELS)
 LEXICAL_TEXTS = [("paka mweusi", 2), ("mbwa mdogo", 2), ("ndizi tamu", 3), ("chai ya moto", 3),
