@@ -218,10 +218,10 @@ def test_serve_mixed_languages_follow_promotion_and_log_traffic(served) -> None:
     # feedback for an earlier prediction lands on its row
     pid = body["predictions"][0]["prediction_id"]
     code, fb = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": pid, "label": "animals"}]})
+        {"prediction_id": pid, "label": "Animals & Nature"}]})
     assert (code, fb["recorded"]) == (200, 1)
     with reg.reading() as s:
-        assert s.get(InferenceEvent, row_id(pid)).feedback_label == "animals"
+        assert s.get(InferenceEvent, row_id(pid)).feedback_label == "Animals & Nature"
 
 
 BAD = [
@@ -249,7 +249,7 @@ def test_bad_requests_get_4xx_with_a_reason(served) -> None:
     code, answer = call(f"{url}/v1/predict", raw=b"{not json")
     assert code == 422 and answer["error"]
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": "999999.forged", "label": "animals"}]})
+        {"prediction_id": "999999.forged", "label": "Animals & Nature"}]})
     assert code == 403 and "not one this token was given" in answer["error"]
     code, answer = call(f"{url}/healthz", token=None)
     assert (code, answer["status"]) == (200, "ok")
@@ -261,7 +261,7 @@ def test_bad_requests_get_4xx_with_a_reason(served) -> None:
                                               "language": "sw", "routing_key": "k"})
     assert code == 413 and "limit is 2000" in answer["error"]
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
-        {"prediction_id": f"{i}.x", "label": "animals"} for i in range(1, 258)]})
+        {"prediction_id": f"{i}.x", "label": "Animals & Nature"} for i in range(1, 258)]})
     assert code == 413 and "limit is 256" in answer["error"]
     # a long request is served in chunks of --max-batch (64), in order
     code, answer = call(f"{url}/v1/predict", {"task": TASK, "texts": ["paka"] * 150,
@@ -308,7 +308,7 @@ def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
     assert labels_now(reg) == before  # the canary's evidence is unchanged
 
     # the caller's own receipts: once each
-    one = {"prediction_id": receipts[0], "label": "animals"}
+    one = {"prediction_id": receipts[0], "label": "Animals & Nature"}
     assert call(f"{url}/v1/feedback", {"task": TASK, "feedback": [one, one]})[0] == 409
     assert call(f"{url}/v1/feedback", {"task": TASK, "feedback": [one]})[0] == 200
     code, answer = call(f"{url}/v1/feedback", {"task": TASK, "feedback": [
@@ -319,7 +319,7 @@ def test_only_a_caller_given_a_prediction_labels_it_once(served) -> None:
         {"prediction_id": receipts[0], "label": "Symbols"}]})
     assert code == 409  # all or nothing: receipts[1] is not labelled either
     after = dict(labels_now(reg))
-    assert after[row_id(receipts[0])] == "animals" and after[row_id(receipts[1])] is None
+    assert after[row_id(receipts[0])] == "Animals & Nature" and after[row_id(receipts[1])] is None
     # a receipt is for its task
     code, _ = call(f"{url}/v1/feedback", {"task": "other-task", "feedback": [
         {"prediction_id": receipts[2], "label": "Food & Drink"}]})
