@@ -173,14 +173,14 @@ def _log_datasets(client: MlflowClient, run_id: str, adapter: Any, kind: str) ->
         if not isinstance(d, Mapping) or not d.get("sha256"):
             continue
         held_out = d.get("split") in ("test", "dev")
-        if kind == "evaluation" and not held_out:
+        if kind in ("evaluation", "drift") and not held_out:
             continue
         columns = {"parallel": ["id", "source_text", "text"], "unlabelled": ["id", "text"]
                    }.get(str(d.get("kind")), ["id", "text", "label"])
         schema = json.dumps({"mlflow_colspec": [{"name": c, "type": "string"}
                                                 for c in columns]})
-        context = "evaluation" if kind == "evaluation" else (
-            "validation" if held_out else "training")
+        context = {"evaluation": "evaluation", "drift": "drift-reference"}.get(
+            kind, "validation" if held_out else "training")
         inputs.append(DatasetInput(
             Dataset(name=str(d.get("ref")), digest=str(d["sha256"])[:36],
                     source_type="xlt-registry",
@@ -244,11 +244,12 @@ def _log_model(client: MlflowClient, tracking_uri: str, registry: Registry,
 def log_drift_run(task: str, language: str, json_path: str | Path | None,
                   html_path: str | Path | None, scores: Mapping[str, Any], *,
                   verdict: str | None = None, target: Registry | str | None = None,
-                  report_id: int | None = None,
-                  pictures: Sequence[str | Path] = ()) -> str | None:
+                  report_id: int | None = None, pictures: Sequence[str | Path] = (),
+                  datasets: Sequence[Mapping[str, Any]] = ()) -> str | None:
     """Log one drift check: scores as metrics (nested dicts flattened, booleans 0/1), the
-    JSON and HTML reports and the pictures (PNG) as artifacts. Returns the run id, or None
-    if MLflow failed."""
+    JSON and HTML reports and the pictures (PNG) as artifacts, and the registered datasets
+    its reference was read from as dataset inputs. Returns the run id, or None if MLflow
+    failed."""
     client = run_id = None
     try:
         tracking_uri = tracking_uri_of(target)
@@ -259,6 +260,8 @@ def log_drift_run(task: str, language: str, json_path: str | Path | None,
             client = open_client(tracking_uri)
             run_id = _start(client, tracking_uri, task, language, f"drift {stamp}", tags)
             _log_values(client, run_id, {}, scores)
+            _log_datasets(client, run_id, {"hyperparams": {"datasets": list(datasets)}},
+                          "drift")
             for path in (json_path, html_path, *pictures):
                 if path is not None and Path(path).is_file():
                     client.log_artifact(run_id, str(path), "drift")

@@ -52,6 +52,8 @@ class LiveOperations(LabelFreeScoring):
         self._feature_maps: dict[tuple[str, str, int], Any] = {}
         self._knn_refs: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._correctness: dict[tuple[str, str, int, str], tuple[str, float]] = {}
+        # the registered datasets each track's drift reference was read from
+        self._reference_data: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- drift -------------------------------------------------------------------------
     def _track(self, task: str, language: str) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class LiveOperations(LabelFreeScoring):
                 traffic = traffic_reference(self, task, language, encoder_row["fingerprint"],
                                             int(champion), int(report_id))
                 if traffic is not None:
+                    self._reference_data[(task, language)] = []  # traffic, no dataset
                     return traffic
         data = TaskData(self.reg, task)
         rows = data.labelled("test", langs)
@@ -82,6 +85,7 @@ class LiveOperations(LabelFreeScoring):
         # named by the datasets read (their sha256), so new data means a new reference
         source = (f"{task}/{'+'.join(langs)}/test@"
                   + ",".join(d["sha256"][:12] for d in data.lineage()))
+        self._reference_data[(task, language)] = data.lineage()  # named by its MLflow run
         key = reference_key(source, encoder_row["fingerprint"],
                             f"v{champion}" if champion else None)
 
@@ -118,7 +122,8 @@ class LiveOperations(LabelFreeScoring):
                   if isinstance(sig, dict)}
         log_drift_run(result.task, result.language, paths.get("json"), paths.get("html"),
                       scores, verdict=result.verdict, target=self.reg, report_id=report_id,
-                      pictures=[paths["projection"]] if paths.get("projection") else [])
+                      pictures=[paths["projection"]] if paths.get("projection") else [],
+                      datasets=self._reference_data.get((result.task, result.language), []))
 
     # -- training and evaluation -------------------------------------------------------
     def train(self, task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -111,5 +111,14 @@ def test_policy_withholds_text_and_drift_check(trained: Path, tmp_path: Path) ->
     assert rows[0]["language"] == "sw" and rows[0]["verdict"] in ("stable", "drift")
     assert rows[0]["report_id"] >= 1
     assert any((trained / "reports" / "emoji-group" / "sw").glob("*.json"))
+    # the drift run names the registered split its reference was read from
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    drift_runs = [r for e in client.search_experiments()
+                  for r in client.search_runs([e.experiment_id])
+                  if r.data.tags.get("xlt.kind") == "drift"]
+    assert drift_runs and "emoji-group/sw/test@cldr-41.1" in {
+        d.dataset.name for d in drift_runs[0].inputs.dataset_inputs}
     none = xlt(trained, "drift", "check", "--lang", "yo")
     assert none.returncode == 2 and "no tracks with a champion" in none.stderr
