@@ -170,9 +170,7 @@ class _Out:
     fh: Any
     writer: GzipJsonlWriter
     ids: set[bytes] = field(default_factory=set)
-    texts: set[bytes] = field(default_factory=set)
     labels: Counter[str] = field(default_factory=Counter)
-    hasher: Any = None
 
 
 def _digest(text: str) -> bytes:
