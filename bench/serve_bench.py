@@ -5,7 +5,11 @@ one language (single), sent by concurrent clients; throughput and p50/p99 latenc
 /healthz latency polled during the flood. Per base (--base minilm,me5-small by default):
 
 - raw: the champion's model merged (LoRA folded in), tokenise + forward + head in-process,
-  batch 1 and 32, no HTTP (the machine's limit);
+  batch 1 and 32, no HTTP, on one thread and on one thread per core at once (`raw xN`: the
+  machine's limit, which `xlt_over_raw_32` is measured against);
+- xlt with as many clients as cores (`batched Ncl`: latency when not flooded, which
+  `p99_1_over_raw_forward_1` is measured on) and with `--no-embeddings` (what logging the
+  drift embedding costs: `drift_embedding_cost_32`);
 - mlflow: `mlflow models serve --env-manager local` of the champion's xlt pyfunc, logged
   into a temporary MLflow store (sqlite);
 
@@ -23,6 +27,7 @@ weights' values. Texts are CLDR emoji names and keywords of the 8 languages.
 
     python bench/serve_bench.py [--base minilm,me5-small|tiny] [--seconds 6] [--clients 8]
                                 [--backends batched[,merged,peft]] [--memory] [--no-mlflow]
+                                [--sweep 1,2x0,2,5]  (model threads x max_wait_ms)
 
 Prints a table, then as its LAST line one JSON object with the figures; the goals' ratios
 (`xlt_over_mlflow_1`, `xlt_over_mlflow_32`, `xlt_over_raw_32`, `mixed_over_single_1`) are
@@ -238,9 +243,12 @@ def load(port: int, languages: list[str], texts: dict[str, list[str]], size: int
     return out
 
 
-def raw_forward(reg: Registry, texts: list[str], seconds: float) -> dict[str, dict[str, float]]:
-    """The champion's model alone: merged LoRA, tokenise + forward + head, batch 1 and 32,
-    in this process (no HTTP, no logging): the machine's limit."""
+def raw_forward(reg: Registry, texts: list[str], seconds: float, threads: int
+                ) -> dict[str, dict[str, float]]:
+    """The champion's model alone: merged LoRA, tokenise + forward + head in this process
+    (no HTTP, no logging), batch 1 and 32: on one thread (`raw_N`), and on `threads`
+    threads at once, one torch thread each, as xlt's model threads run (`raw_all_N`: the
+    machine's limit)."""
     from controller.encoders.text import TextEncoder
     from controller.training.artifact import load_adapter
 
@@ -249,24 +257,37 @@ def raw_forward(reg: Registry, texts: list[str], seconds: float) -> dict[str, di
     encoder = TextEncoder(model_dir, device="cpu")
     loaded = load_adapter(path, encoder.model, encoder.tokenizer)
     model, head = loaded.model.merge_and_unload().eval(), loaded.head
-    out = {}
-    with torch.inference_mode():
-        for size in (1, 32):
-            n, lat, i = 0, [], 0
-            stop_at = time.monotonic() + seconds
+
+    def run(size: int, offset: int, lat: list[float], stop_at: float) -> None:
+        torch.set_num_threads(1)  # per thread (OpenMP's setting is)
+        i = offset
+        with torch.inference_mode():
             while time.monotonic() < stop_at:
                 batch = [texts[(i + k) % len(texts)] for k in range(size)]
                 t0 = time.perf_counter()
                 emb = encoder.forward_embeddings(model, encoder.tokenize(batch))
                 torch.softmax(head.logits(emb, batch), dim=-1).numpy()
                 lat.append((time.perf_counter() - t0) * 1000)
-                n += size
-                i += size
-            wall = sum(lat) / 1000
-            out[f"raw_{size}"] = {"texts_per_s": n / wall,
-                                  "p50_ms": float(np.percentile(lat, 50)),
-                                  "p99_ms": float(np.percentile(lat, 99)),
-                                  "requests": len(lat)}
+                i += size * threads
+
+    out = {}
+    for name, n_threads in (("raw", 1), ("raw_all", threads)):
+        for size in (1, 32):
+            lats: list[list[float]] = [[] for _ in range(n_threads)]
+            t0 = time.perf_counter()
+            stop_at = time.monotonic() + seconds
+            workers = [threading.Thread(target=run, args=(size, j * size, lats[j], stop_at))
+                       for j in range(n_threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            wall = time.perf_counter() - t0
+            lat = [x for part in lats for x in part]
+            out[f"{name}_{size}"] = {"texts_per_s": len(lat) * size / wall,
+                                     "p50_ms": float(np.percentile(lat, 50)),
+                                     "p99_ms": float(np.percentile(lat, 99)),
+                                     "requests": len(lat)}
     return out
 
 
@@ -307,9 +328,12 @@ def bench_base(kind: str, tmp: Path, args: argparse.Namespace
     rows: list[Any] = []
     figures: dict[str, Any] = {}
     mem: dict[str, float] = {}
-    for name, r in raw_forward(reg, texts[EIGHT[0]], max(3.0, args.seconds / 2)).items():
+    cores = len(os.sched_getaffinity(0))
+    for name, r in raw_forward(reg, texts[EIGHT[0]], max(3.0, args.seconds / 2),
+                               cores).items():
         figures[name] = r
-        rows.append(("raw", "single", int(name.split("_")[1]), r))
+        rows.append((name.rsplit("_", 1)[0].replace("raw_all", f"raw x{cores}"), "single",
+                     int(name.rsplit("_", 1)[1]), r))
     for backend in args.backends.split(","):
         server = Server(home, db, backend)
         try:
@@ -320,6 +344,33 @@ def bench_base(kind: str, tmp: Path, args: argparse.Namespace
                     r = load(server.port, langs, texts, size, args.seconds, args.clients)
                     figures[f"{backend}_{mix}_{size}"] = r
                     rows.append((backend, mix, size, r))
+            if backend == "batched":  # latency when not flooded: as many clients as cores
+                r = load(server.port, EIGHT[:1], texts, 1, args.seconds, cores)
+                figures["batched_light_1"] = r
+                rows.append((f"batched {cores}cl", "single", 1, r))
+        finally:
+            server.stop()
+    if "batched" in args.backends.split(","):  # what the drift embedding costs
+        server = Server(home, db, "batched", argv=[
+            sys.executable, "-m", "controller.cli", "serve", "--no-embeddings"])
+        try:
+            load(server.port, EIGHT, texts, 1, 1.0, 2)
+            for size in (1, 32):
+                r = load(server.port, EIGHT[:1], texts, size, args.seconds, args.clients)
+                figures[f"noemb_single_{size}"] = r
+                rows.append(("xlt noemb", "single", size, r))
+        finally:
+            server.stop()
+    for threads, wait in sweep_points(args.sweep):
+        server = Server(home, db, "batched", argv=[
+            sys.executable, "-m", "controller.cli", "serve", "--model-threads",
+            str(threads), "--max-wait-ms", str(wait)])
+        try:
+            load(server.port, EIGHT, texts, 1, 1.0, 2)
+            for size in (1, 32):
+                r = load(server.port, EIGHT, texts, size, args.seconds, args.clients)
+                figures[f"sweep_t{threads}_w{wait:g}_{size}"] = r
+                rows.append((f"t{threads} w{wait:g}", "mixed", size, r))
         finally:
             server.stop()
     if args.mlflow:
@@ -346,6 +397,14 @@ def bench_base(kind: str, tmp: Path, args: argparse.Namespace
     return rows, figures, mem
 
 
+def sweep_points(spec: str) -> list[tuple[int, float]]:
+    """`--sweep 1,2x0,2,5`: model threads x max_wait_ms, every pair."""
+    if not spec:
+        return []
+    threads, _, waits = spec.partition("x")
+    return [(int(t), float(w)) for t in threads.split(",") for w in (waits or "2").split(",")]
+
+
 def summary(figures: dict[str, Any], mem: dict[str, float]) -> dict[str, Any]:
     def ratio(a: str, b: str) -> float | None:
         if a not in figures or b not in figures:
@@ -355,12 +414,18 @@ def summary(figures: dict[str, Any], mem: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "xlt_over_mlflow_1": ratio("batched_single_1", "mlflow_single_1"),
         "xlt_over_mlflow_32": ratio("batched_single_32", "mlflow_single_32"),
-        "xlt_over_raw_32": ratio("batched_single_32", "raw_32"),
-        "xlt_over_raw_1": ratio("batched_single_1", "raw_1"),
+        "xlt_over_raw_32": ratio("batched_single_32", "raw_all_32"),
+        "xlt_over_raw_1": ratio("batched_single_1", "raw_all_1"),
+        "xlt_over_raw_1thread_32": ratio("batched_single_32", "raw_32"),
+        "drift_embedding_cost_32": ratio("noemb_single_32", "batched_single_32"),
+        "drift_embedding_cost_1": ratio("noemb_single_1", "batched_single_1"),
         "mixed_over_single_1": ratio("batched_mixed_1", "batched_single_1"),
         "mixed_over_single_32": ratio("batched_mixed_32", "batched_single_32")}
-    if "batched_single_1" in figures and "raw_1" in figures:
+    if "batched_light_1" in figures and "raw_1" in figures:  # not flooded
         out["p99_1_over_raw_forward_1"] = round(
+            figures["batched_light_1"]["p99_ms"] / figures["raw_1"]["p50_ms"], 2)
+    if "batched_single_1" in figures and "raw_1" in figures:  # 8 clients: queueing
+        out["p99_1_flood_over_raw_forward_1"] = round(
             figures["batched_single_1"]["p99_ms"] / figures["raw_1"]["p50_ms"], 2)
     health = [r["healthz_p99_ms"] for r in figures.values() if "healthz_p99_ms" in r]
     if health:
@@ -394,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true",
                     help="also the resident size with 50 languages' champions")
     ap.add_argument("--no-mlflow", dest="mlflow", action="store_false")
+    ap.add_argument("--sweep", default="",
+                    help="also xlt at model threads x max_wait_ms, e.g. 1,2x0,2,5")
     args = ap.parse_args(argv)
     # the raw pass runs with the servers' thread count: 1 (xlt's default; mlflow's server
     # gets OMP_NUM_THREADS=1 below). 2 threads on the shared cores were 8-30x slower.
@@ -408,14 +475,15 @@ def main(argv: list[str] | None = None) -> int:
         bases[kind] = summary(figures, mem)
         table += [(kind, *row) for row in rows]
 
-    print(f"{'base':10} {'server':8} {'traffic':7} {'texts/req':>9} {'texts/s':>9} "
+    print(f"{'base':10} {'server':10} {'traffic':7} {'texts/req':>9} {'texts/s':>9} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'healthz p99':>11}")
     for kind, backend, mix, size, r in table:
-        print(f"{kind:10} {backend:8} {mix:7} {size:9d} {r['texts_per_s']:9.1f} "
+        print(f"{kind:10} {backend:10} {mix:7} {size:9d} {r['texts_per_s']:9.1f} "
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r.get('healthz_p99_ms', 0):11.1f}")
     last = bases[args.base.split(",")[-1]]
     goals = ("xlt_over_mlflow_1", "xlt_over_mlflow_32", "xlt_over_raw_32",
-             "mixed_over_single_1", "p99_1_over_raw_forward_1", "healthz_p99_ms_max")
+             "mixed_over_single_1", "p99_1_over_raw_forward_1", "healthz_p99_ms_max",
+             "drift_embedding_cost_32")
     out: dict[str, Any] = {k: last.get(k) for k in goals}
     out.update({"base": args.base.split(",")[-1], "clients": args.clients,
                 "seconds": args.seconds, "cores": len(os.sched_getaffinity(0)),

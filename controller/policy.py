@@ -253,7 +253,10 @@ class ServePolicy(Strict):
     max_queue_rows: int = Field(2048, ge=1)  # texts waiting for a batch; more: 503
     traffic_queue_rows: int = Field(16384, ge=1)  # predictions waiting for the log; more: dropped
     traffic_write_rows: int = Field(1024, ge=1)  # predictions per traffic-log transaction
-    torch_threads: int = Field(0, ge=0, le=256)  # 0: the machine's cores / workers
+    # who writes the traffic log: a process of its own (off the server's GIL), or a thread
+    traffic_writer: Literal["process", "thread"] = "process"
+    torch_threads: int = Field(0, ge=0, le=256)  # intra-op threads per batch; 0: 1
+    model_threads: int = Field(0, ge=0, le=64)  # batches run at once; 0: cores / workers
     workers: int = Field(1, ge=1, le=64)  # serving processes (`--workers`)
 
 

@@ -34,13 +34,17 @@ from registry.errors import InvalidInput
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Serving processes on the port, each holding the bases once and "
                    "sharing the machine's cores ([serve] workers, 1).")
+@click.option("--model-threads", type=click.IntRange(1, 64), default=None,
+              help="Batches each worker runs at once, one torch thread each "
+                   "([serve] model_threads; default: the cores / workers).")
 @click.option("--no-embeddings", is_flag=True,
               help="Do not log base embeddings (embedding drift then has nothing to read).")
 @click.option("--no-warm", is_flag=True, help="Load adapters on first use, not at start.")
 @pass_app
 def serve(app: AppContext, host: str, port: int, policy_path: str | None, device: str,
           backend: str, max_batch: int | None, max_wait_ms: float | None,
-          workers: int | None, no_embeddings: bool, no_warm: bool) -> None:
+          workers: int | None, model_threads: int | None, no_embeddings: bool,
+          no_warm: bool) -> None:
     """Serve predictions over HTTP: POST /v1/predict, POST /v1/feedback, GET /healthz,
     GET /readyz, GET /v1/models. Needs a bearer token ($XLT_SERVE_TOKENS or the policy's
     [serve] tokens_file, lines `TOKEN scope,scope`; docs/serving.md). Routes follow the
@@ -68,13 +72,14 @@ def serve(app: AppContext, host: str, port: int, policy_path: str | None, device
             "home": str(reg.settings.home), "database_url": reg.settings.database_url,
             "actor": reg.actor, "policy": policy_path, "device": device,
             "backend": backend, "log_embeddings": not no_embeddings, "warm": not no_warm,
-            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "workers": workers})
+            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "workers": workers,
+            "model_threads": model_threads})
         uvicorn.run("controller.serve.app:app_from_env", factory=True, host=host, port=port,
                     workers=workers, log_level="warning", access_log=False,
                     timeout_graceful_shutdown=60)
         return
     engine = Engine(reg, policy, device=device, backend_name=backend,
-                    log_embeddings=not no_embeddings)
+                    log_embeddings=not no_embeddings, model_threads=model_threads or 0)
     api = create_app(engine, warm=not no_warm, max_batch_rows=max_batch,
                      max_wait_ms=max_wait_ms, auth=auth)
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False,

@@ -1,12 +1,15 @@
 """The HTTP service of `xlt serve` (FastAPI on uvicorn).
 
-Concurrent requests are gathered by a micro-batcher: one worker thread takes every request
+Concurrent requests are gathered by a micro-batcher: a model thread takes every request
 waiting (up to `max_batch_rows` texts, waiting at most `max_wait_ms` for more) and serves
-them as ONE engine batch, so requests in different languages share a forward pass. Model
-work runs on that thread, never on the event loop, which keeps /healthz answering while a
-batch runs. A request longer than one batch is served in chunks, one after another, so
-other requests are batched between them. A batch that fails is served again request by
-request, so only the request that cannot be served fails.
+them as ONE engine batch, so requests in different languages share a forward pass. There
+are `[serve] model_threads` of them (default: the cores this worker has), each running
+its own batch with one torch thread, so while one runs a forward pass the next gathers
+the requests that arrive meanwhile. Model work runs on those threads, never on the event
+loop, which keeps /healthz answering while batches run. A request longer than one batch
+is served in chunks, one after another, so other requests are batched between them. A
+batch that fails is served again request by request, so only the request that cannot be
+served fails.
 
 Auth (controller.serve.auth): every route but /healthz and /readyz needs a bearer token
 with its scope (predict, feedback, admin); a prediction_id is a receipt signed for the
@@ -28,6 +31,7 @@ import concurrent.futures as cf
 import logging
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -77,11 +81,11 @@ class Overloaded(Exception):
 
 
 class Batcher:
-    """Gathers concurrent requests into engine batches on one worker thread; at most
+    """Gathers concurrent requests into engine batches on `threads` model threads; at most
     `max_queue_rows` texts wait (a request that would pass it is refused, not queued)."""
 
     def __init__(self, engine: Engine, max_batch_rows: int = 64, max_wait_ms: float = 2.0,
-                 max_queue_rows: int = 2048):
+                 max_queue_rows: int = 2048, threads: int = 1):
         self.engine = engine
         self.max_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000
@@ -89,9 +93,10 @@ class Batcher:
         self._queue: queue.Queue[tuple[EngineRequest, cf.Future[Any]] | None] = queue.Queue()
         self._queued = 0  # texts waiting
         self._count = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="xlt-serve-batcher",
-                                        daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"xlt-serve-model-{n}",
+                                          daemon=True) for n in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued(self) -> int:
@@ -114,13 +119,16 @@ class Batcher:
         return fut
 
     def close(self) -> None:
-        """Serve what is queued, then stop."""
+        """Serve what is queued, then stop (every thread: the stop mark is passed on)."""
         self._queue.put(None)
-        self._thread.join(timeout=60)
+        deadline = time.monotonic() + 60
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _take(self) -> list[tuple[EngineRequest, cf.Future[Any]]] | None:
         first = self._queue.get()
         if first is None:
+            self._queue.put(None)  # for the other model threads
             return None
         batch, rows = [first], len(first[0].texts)
         while rows < self.max_rows:
@@ -136,6 +144,7 @@ class Batcher:
         return batch
 
     def _run(self) -> None:
+        self.engine.start_thread()
         while (batch := self._take()) is not None:
             try:
                 self._serve(batch)
@@ -179,7 +188,7 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int | None 
             except Exception as exc:  # serve anyway; adapters load on first use
                 log.warning("xlt serve: warm-up failed: %s", type(exc).__name__)
         state["batcher"] = Batcher(engine, max_batch_rows, max_wait_ms,
-                                   limits.max_queue_rows)
+                                   limits.max_queue_rows, engine.model_threads)
         state.update(ready=True, reason="")
         yield
         state.update(ready=False, reason="shutting down")
@@ -377,6 +386,7 @@ def app_from_env() -> FastAPI:
     reg = Registry(load_settings(cfg["home"], cfg["database_url"]), cfg["actor"])
     policy = load_policy(cfg["policy"])
     engine = Engine(reg, policy, device=cfg["device"], backend_name=cfg["backend"],
-                    log_embeddings=cfg["log_embeddings"], workers=cfg["workers"])
+                    log_embeddings=cfg["log_embeddings"], workers=cfg["workers"],
+                    model_threads=cfg.get("model_threads") or 0)
     return create_app(engine, warm=cfg["warm"], max_batch_rows=cfg["max_batch"],
                       max_wait_ms=cfg["max_wait_ms"])

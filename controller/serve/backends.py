@@ -33,6 +33,7 @@ BaseLoader = Callable[[str], TextEncoder]
 
 class BatchedBackend:
     name = "batched"
+    concurrent = True  # each model thread's batch is its own (MultiAdapterBase.state)
 
     def __init__(self, load_base: BaseLoader) -> None:
         self._load_base = load_base
@@ -60,6 +61,7 @@ class _PerAdapterBackend(ABC):
     """Shared by the two baselines: one pass per adapter present in the batch."""
 
     name = "per-adapter"
+    concurrent = False  # peft's set_adapter is one setting for the whole model
 
     def __init__(self, load_base: BaseLoader) -> None:
         self._load_base = load_base

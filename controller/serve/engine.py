@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from controller.policy import Policy
 from controller.serve.backends import Key, make_backend
-from controller.serve.traffic import TrafficWriter
+from controller.serve.traffic import ProcessSink, TrafficWriter
 from registry import queries
 from registry.errors import InvalidInput, NotFound, RefusedChange, XltError
 from registry.languages import canonical_language
@@ -57,6 +58,9 @@ class BatchResolver(CachedResolver):
             self._revalidate()
 
 
+Row = tuple[int, int, Resolution, Key, str]  # request, row, route, adapter, its base
+
+
 @dataclass
 class Request:
     task: str
@@ -81,6 +85,16 @@ class Served:
         default=None, repr=False, compare=False)
 
 
+def model_threads_for(workers: int = 1, setting: int = 0) -> int:
+    """Model threads of one serving process: the setting, else the cores it may use shared
+    among the workers (at least 1). Each runs its own batch with one torch thread; on an
+    idle 2-core machine two such threads gave 1.8-2.3x one thread's texts/s, more than 2
+    intra-op threads on one batch (1.6-2.0x; bench/results/scale-and-serving.md#serving)."""
+    if setting:
+        return setting
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+
+
 def threads_for(workers: int = 1, setting: int = 0) -> int:
     """Torch threads of one serving process: the setting, else 1. Measured on the shared
     2-core machine (bench/results/scale-and-serving.md#serving): with other processes on
@@ -100,23 +114,37 @@ class Engine:
     log_embeddings: bool = True
     log_traffic: bool = True
     workers: int = 1  # serving processes on this machine (they share its cores)
+    model_threads: int = 0  # batches run at once; 0: [serve] model_threads, else cores
 
     def __post_init__(self) -> None:
         import torch
 
         serve = self.policy.serve
-        torch.set_num_threads(threads_for(self.workers, serve.torch_threads))
+        self.torch_threads = threads_for(self.workers, serve.torch_threads)
+        torch.set_num_threads(self.torch_threads)
+        self.model_threads = model_threads_for(self.workers,
+                                               self.model_threads or serve.model_threads)
         self.resolver = BatchResolver(self.registry)
         self.backend = make_backend(self.backend_name, self._load_base)
         if hasattr(self.backend, "bucket_rows"):
             self.backend.bucket_rows = serve.bucket_rows
+        sink = ProcessSink(self.registry) if serve.traffic_writer == "process" else None
         self.writer = (TrafficWriter(self.registry, max_rows=serve.traffic_queue_rows,
-                                     write_rows=serve.traffic_write_rows)
+                                     write_rows=serve.traffic_write_rows, sink=sink)
                        if self.log_traffic else None)
         self._adapters: dict[Key, str] = {}  # -> base ref the adapter was trained on
         self.unloadable: dict[Key, tuple[float, str]] = {}  # -> (when, why) it failed
-        self._lock = threading.Lock()  # one batch at a time: the layers hold per-batch slots
+        self._lock = threading.Lock()  # routing, adapter loading, the batch count
+        self._model_lock = threading.Lock()  # backends that run one batch at a time
         self.batches = 0
+
+    def start_thread(self) -> None:
+        """Called first on each model thread: OpenMP's thread count is a per-thread
+        setting, so a new thread would otherwise run with the library's default (all
+        cores, spinning against the other model threads)."""
+        import torch
+
+        torch.set_num_threads(self.torch_threads)
 
     def _load_base(self, ref: str) -> Any:
         from controller.training.pipeline import load_base
@@ -193,16 +221,33 @@ class Engine:
         return r
 
     def predict(self, requests: Sequence[Request]) -> list[list[Served] | XltError]:
-        """Serve a batch of requests; each gets its rows or the error that refused it."""
-        with self._lock:
-            return self._predict(requests)
-
-    def _predict(self, requests: Sequence[Request]) -> list[list[Served] | XltError]:
+        """Serve a batch of requests; each gets its rows or the error that refused it.
+        Several model threads may call it at once: routing and adapter loading take the
+        engine's lock, the forward pass does not (the batched backend keeps each thread's
+        batch apart); the baselines' backends run one batch at a time."""
         started = time.perf_counter()
+        with self._lock:
+            results, rows = self._route(requests)
+        if getattr(self.backend, "concurrent", False):
+            out, embeddings = self._forward(requests, rows)
+        else:
+            with self._model_lock:
+                out, embeddings = self._forward(requests, rows)
+        for ri, req in enumerate(requests):
+            if not isinstance(results[ri], XltError):
+                results[ri] = [out[(ri, i)] for i in range(len(req.texts))]
+        if self.log_traffic:
+            self._log(requests, results, embeddings, time.perf_counter() - started)
+        return results
+
+    def _route(self, requests: Sequence[Request]
+               ) -> tuple[list[list[Served] | XltError], list[Row]]:
+        """Each request's rows routed (routes revalidated once per batch, adapters loaded
+        on first use), or the error that refuses that request."""
         self.resolver.revalidate()
         self.batches += 1
         results: list[list[Served] | XltError] = []
-        rows: list[tuple[int, int, Resolution, Key, str]] = []  # req, row, route, key, base
+        rows: list[Row] = []
         for ri, req in enumerate(requests):
             try:
                 mine = []
@@ -215,6 +260,11 @@ class Engine:
                 results.append([])
             except XltError as exc:
                 results.append(exc)
+        return results, rows
+
+    def _forward(self, requests: Sequence[Request], rows: list[Row]
+                 ) -> tuple[dict[tuple[int, int], Served],
+                            dict[tuple[int, int], np.ndarray]]:
         by_base: dict[str, list[int]] = {}
         for n, row in enumerate(rows):
             by_base.setdefault(row[4], []).append(n)
@@ -235,12 +285,7 @@ class Engine:
                     requests[ri].languages[i], akey[1], akey[2], r.role, base)
                 if base_emb is not None:
                     embeddings[(ri, i)] = base_emb[j]
-        for ri, req in enumerate(requests):
-            if not isinstance(results[ri], XltError):
-                results[ri] = [out[(ri, i)] for i in range(len(req.texts))]
-        if self.log_traffic:
-            self._log(requests, results, embeddings, time.perf_counter() - started)
-        return results
+        return out, embeddings
 
     def _log(self, requests: Sequence[Request], results: list[list[Served] | XltError],
              embeddings: dict[tuple[int, int], np.ndarray], seconds: float) -> None:
@@ -309,7 +354,8 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         bases = sorted(set(self._adapters.values()))
-        return {"backend": self.backend_name, "bases": bases,
+        return {"backend": self.backend_name, "bases": bases, "worker": os.getpid(),
+                "model_threads": self.model_threads,
                 "adapters": [{"task": t, "language": lang, "version": v,
                               "base": self._adapters[(t, lang, v)]}
                              for t, lang, v in sorted(self._adapters)],

@@ -37,18 +37,23 @@ PEFT_PREFIX = "base_model.model."
 
 
 class MultiLoraLinear(torch.nn.Module):
-    """A base nn.Linear plus per-row LoRA deltas; `segments` is set by the owner per
-    forward."""
+    """A base nn.Linear plus per-row LoRA deltas; the batch's segments are set by the owner
+    per forward, in `state`: a thread-local shared by every layer of one base, so several
+    model threads can run forward passes of different batches through the same layers."""
 
-    def __init__(self, base: torch.nn.Linear) -> None:
+    def __init__(self, base: torch.nn.Linear, state: threading.local | None = None) -> None:
         super().__init__()
         self.base = base
+        self.state = state if state is not None else threading.local()
         dtype, device = base.weight.dtype, base.weight.device
         self.A = torch.zeros(1, 1, base.in_features, dtype=dtype, device=device)
         self.B = torch.zeros(1, base.out_features, 1, dtype=dtype, device=device)
         self.ranks: dict[int, int] = {}  # slot -> its adapter's rank in this layer
-        # (slot, start, end): the batch's rows sorted by slot, set by the owner per forward
-        self.segments: list[tuple[int, int, int]] | None = None
+
+    @property
+    def segments(self) -> list[tuple[int, int, int]] | None:
+        """(slot, start, end): this thread's batch rows sorted by slot, or None (no LoRA)."""
+        return getattr(self.state, "segments", None)
 
     def grow(self, slots: int, rank: int) -> None:
         """Make room for `slots` slots of rank up to `rank` (zero padded)."""
@@ -156,6 +161,7 @@ class MultiAdapterBase:
         self.cuts: dict[int, int] = {}  # slot -> bottom blocks its adapter leaves frozen
         self.bucket_rows = bucket_rows
         self._lock = threading.Lock()
+        self.state = threading.local()  # the segments of the batch each thread is running
 
     @property
     def device(self) -> torch.device:
@@ -168,7 +174,7 @@ class MultiAdapterBase:
             if not isinstance(base, torch.nn.Linear):
                 raise ArtifactError(f"adapter targets {path}, which is not a linear layer",
                                     "the adapter was trained on another architecture")
-            layer = MultiLoraLinear(base)
+            layer = MultiLoraLinear(base, self.state)
             layer.grow(len(self.adapters) + 1, 1)
             setattr(parent, name, layer)
             self.layers[path] = layer
@@ -285,13 +291,11 @@ class MultiAdapterBase:
         return pooled[:k], pooled[k:]
 
     def _with_segments(self, segments: list[tuple[int, int, int]], run: Any) -> Any:
-        for layer in self.layers.values():
-            layer.segments = segments
+        self.state.segments = segments
         try:
             return run()
         finally:
-            for layer in self.layers.values():
-                layer.segments = None
+            self.state.segments = None
 
     @torch.inference_mode()
     def classify(self, texts: Sequence[str], keys: Sequence[Any], with_base: bool = False

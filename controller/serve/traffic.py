@@ -2,25 +2,36 @@
 and canary analysis read it), written OFF the request path.
 
 The batcher hands each batch's events to `TrafficWriter.submit` and goes on to the next
-forward pass; one writer thread takes everything queued (up to `write_rows`) and writes it
-in one transaction (group commit), then resolves each batch's future with its rows' ids
-(the prediction ids receipts are made of). The request awaits that future on the event
-loop, never on the model's thread, so forward passes and database writes overlap.
+forward pass; one writer thread takes everything queued (up to `write_rows`) and hands it
+to its sink as one transaction (group commit), then resolves each batch's future with its
+rows' ids (the prediction ids receipts are made of). The request awaits that future on the
+event loop, never on the model's thread, so forward passes and database writes overlap.
+
+The sink (`[serve] traffic_writer`): `process` (the default) is a writer process of its own
+(controller.serve.traffic_worker) that builds the rows and inserts them, so that Python
+work does not hold the serving process's GIL; the writer thread here only pickles events
+into its pipe and waits. `thread` does the same work on the writer thread itself. A writer
+process that dies is started again for the next group; the group it held is dropped
+(reason `write_failed`; if it died after its commit, those rows are in the log anyway).
 
 The queue is bounded (`max_rows` events waiting). When the database cannot keep up and the
 queue is full, a batch's events are dropped, not waited for: the predictions are still
 answered (without a prediction_id, so no feedback can be given for them), the drop is
 counted (`xlt_serve_traffic_dropped_total{reason="queue_full"}`) and an `alert` event
 (kind `serve_traffic_dropped`) is written, at most once a minute, with the count. A write
-that fails is retried (3 tries, backing off); then its events are dropped the same way
-(reason `write_failed`). `close()` (a clean shutdown: SIGTERM, lifespan end) stops taking
+that fails is retried by the sink (3 tries, backing off); then its events are dropped the
+same way (reason `write_failed`). `close()` (a clean shutdown: SIGTERM, lifespan end) stops taking
 events and writes every one queued before it returns: nothing accepted is lost.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
+import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.observability.serve_metrics import TRAFFIC_DROPPED, TRAFFIC_WRITTEN
+from controller.serve.traffic_worker import RegistrySink
 
 log = logging.getLogger(__name__)
 ALERT_EVERY_S = 60.0
@@ -41,13 +53,75 @@ class Pending:
     future: cf.Future[list[int] | None]
 
 
+class WriterDied(RuntimeError):
+    """The writer process exited (or could not start) with a group in hand."""
+
+
+class ProcessSink:
+    """The traffic writer process: started on first use, again after it died."""
+
+    def __init__(self, registry: Any, retries: int = 3, start_timeout_s: float = 60.0) -> None:
+        self.config = json.dumps({"home": str(registry.settings.home),
+                                  "database_url": registry.settings.database_url,
+                                  "actor": registry.actor, "retries": retries})
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.serve.traffic_worker", self.config],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.starts += 1
+        assert proc.stdout is not None
+        try:
+            hello = pickle.load(proc.stdout)  # imports done, database settings read
+        except EOFError as exc:
+            proc.wait(self.start_timeout_s)
+            raise WriterDied(f"the traffic writer process exited at start (code "
+                             f"{proc.returncode}); see the lines above") from exc
+        if hello[0] != "ready":
+            proc.kill()
+            raise WriterDied(f"the traffic writer process answered {hello!r} at start")
+        return proc
+
+    def write(self, events: list[dict[str, Any]], keep_text: list[bool]) -> list[int]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            pickle.dump((events, keep_text), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+            status, value = pickle.load(proc.stdout)
+        except (BrokenPipeError, EOFError, OSError) as exc:
+            self.proc = None
+            code = proc.poll()
+            raise WriterDied(f"the traffic writer process died (exit code {code})") from exc
+        if status != "ok":
+            raise RuntimeError(str(value))
+        return list(value)
+
+    def close(self, timeout: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()  # end of input: it has answered everything sent, so it exits
+            proc.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
 class TrafficWriter:
     def __init__(self, registry: Any, *, max_rows: int = 8192, write_rows: int = 1024,
-                 retries: int = 3, clock: Callable[[], float] = time.monotonic) -> None:
-        self.registry = registry
+                 sink: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry  # alerts are written here, by this process
+        self.sink = sink if sink is not None else RegistrySink(registry)
         self.max_rows = max_rows
         self.write_rows = write_rows
-        self.retries = retries
         self._clock = clock
         self._queue: deque[Pending] = deque()
         self._rows = 0  # events queued
@@ -86,6 +160,7 @@ class TrafficWriter:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout)
+        self.sink.close()
         self._alert(force=True)
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -122,24 +197,13 @@ class TrafficWriter:
             self._alert()
 
     def _write(self, group: list[Pending]) -> None:
-        from controller.traffic.log import event_row
-
         n = sum(len(p.events) for p in group)
         try:
-            rows = [event_row(e, keep_text=k) for p in group
-                    for e, k in zip(p.events, p.keep_text, strict=True)]
-        except Exception as exc:  # noqa: BLE001 - a malformed event must not stop the writer
+            ids = self.sink.write([e for p in group for e in p.events],
+                                  [k for p in group for k in p.keep_text])
+        except Exception as exc:  # noqa: BLE001 - a bad event or the database: drop, go on
             self._fail(group, n, f"{type(exc).__name__}: {exc}")
             return
-        for attempt in range(self.retries):
-            try:
-                ids = self.registry.log_predictions(rows)
-                break
-            except Exception as exc:  # noqa: BLE001 - the database refused: retry, then drop
-                if attempt + 1 == self.retries:
-                    self._fail(group, n, type(exc).__name__)
-                    return
-                time.sleep(0.05 * 4 ** attempt)
         with self._cond:
             self._rows -= n
         self.written += n

@@ -112,7 +112,7 @@ def start_registry(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Registr
 
 @contextlib.contextmanager
 def serving(tmp_path: Path, reg: Registry, policy_text: str,
-            tokens: str | None = TOKENS) -> Iterator[str]:
+            tokens: str | None = TOKENS, args: tuple[str, ...] = ()) -> Iterator[str]:
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text)
     port = free_port()
@@ -123,7 +123,8 @@ def serving(tmp_path: Path, reg: Registry, policy_text: str,
         env["XLT_SERVE_TOKENS"] = tokens
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - kept by the child
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--host",
-                             "127.0.0.1", "--port", str(port), "--policy", str(policy)],
+                             "127.0.0.1", "--port", str(port), "--policy", str(policy),
+                             *args],
                             env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -30,10 +30,15 @@ class FailingEngine:
             raise RuntimeError("the whole batch failed")
         return [list(r.texts) for r in requests]
 
+    def start_thread(self) -> None:
+        pass
 
-def test_a_request_that_fails_its_batch_fails_alone() -> None:
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_request_that_fails_its_batch_fails_alone(threads: int) -> None:
     engine = FailingEngine()
-    batcher = Batcher(engine, max_batch_rows=64, max_wait_ms=50)  # type: ignore[arg-type]
+    batcher = Batcher(engine, max_batch_rows=64, max_wait_ms=50,  # type: ignore[arg-type]
+                      threads=threads)
     try:
         texts = [["boom"] if i % 7 == 3 else [f"ok {i}"] for i in range(40)]
         futures = [batcher.submit(Request("t", ["sw"], t, ["k"])) for t in texts]
