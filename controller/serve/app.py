@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import logging
 import queue
 import threading
@@ -187,6 +188,16 @@ def create_app(engine: Engine, *, warm: bool = True, max_batch_rows: int | None 
                 log.info("xlt serve: %d adapters loaded", n)
             except Exception as exc:  # serve anyway; adapters load on first use
                 log.warning("xlt serve: warm-up failed: %s", type(exc).__name__)
+        if engine.writer is not None:
+            try:
+                await asyncio.to_thread(engine.writer.open)
+            except Exception as exc:  # serve anyway: the next write tries again
+                log.error("xlt serve: the traffic writer did not start: %s", exc)
+        # the bases' and libraries' objects live as long as the server: out of the
+        # collector's scans, so a full collection under a flood does not stall every
+        # thread (and /healthz) while it walks them
+        gc.collect()
+        gc.freeze()
         state["batcher"] = Batcher(engine, max_batch_rows, max_wait_ms,
                                    limits.max_queue_rows, engine.model_threads)
         state.update(ready=True, reason="")

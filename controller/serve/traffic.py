@@ -85,10 +85,16 @@ class ProcessSink:
             raise WriterDied(f"the traffic writer process answered {hello!r} at start")
         return proc
 
-    def write(self, events: list[dict[str, Any]], keep_text: list[bool]) -> list[int]:
+    def open(self) -> None:
+        """Start the writer process now (a server does so before it is ready, so that its
+        start-up, a second or two of imports, does not land on the first requests)."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
+
+    def write(self, events: list[dict[str, Any]], keep_text: list[bool]) -> list[int]:
+        self.open()
         proc = self.proc
+        assert proc is not None
         assert proc.stdin is not None and proc.stdout is not None
         try:
             pickle.dump((events, keep_text), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -138,6 +144,11 @@ class TrafficWriter:
     @property
     def queued(self) -> int:
         return self._rows
+
+    def open(self) -> None:
+        """Start the sink (the writer process) before the first batch, where it has one."""
+        if hasattr(self.sink, "open"):
+            self.sink.open()
 
     def submit(self, events: list[dict[str, Any]], keep_text: list[bool]
                ) -> cf.Future[list[int] | None]:
