@@ -1,4 +1,4 @@
-"""docs/policy.md against controller/policy.py: every field of the policy's models has a row
+"""docs/policy.md against controller/policy/: every field of the policy's models has a row
 (its dotted TOML key, its default, its meaning), no row names a field the models lack, and
 each documented default is the model's. A field added without its row fails here.
 
@@ -135,7 +135,7 @@ def test_documented_defaults_are_the_models() -> None:
         want, got = comparable(fields[key]), parse_default(cell)
         if type(got) is not type(want) or got != want:  # 6 is not 6.0, true is not 1
             wrong.append(f"{key}: documented {cell}, model {want!r}")
-    assert not wrong, ("docs/policy.md defaults differ from controller/policy.py:\n"
+    assert not wrong, ("docs/policy.md defaults differ from controller/policy/:\n"
                        + "\n".join(wrong))
 
 
