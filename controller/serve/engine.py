@@ -349,16 +349,18 @@ class Engine:
         return len(items)
 
     def task_labels(self, task: str) -> set[str]:
-        return {name for key, base in self._adapters.items() if key[0] == task
+        loaded = dict(self._adapters)  # a copy: a model thread may load one meanwhile
+        return {name for key, base in loaded.items() if key[0] == task
                 for name in self.backend.labels(key, base)}
 
     def describe(self) -> dict[str, Any]:
-        bases = sorted(set(self._adapters.values()))
+        loaded = dict(self._adapters)  # a copy: a model thread may load one meanwhile
+        bases = sorted(set(loaded.values()))
         return {"backend": self.backend_name, "bases": bases, "worker": os.getpid(),
                 "model_threads": self.model_threads,
                 "adapters": [{"task": t, "language": lang, "version": v,
-                              "base": self._adapters[(t, lang, v)]}
-                             for t, lang, v in sorted(self._adapters)],
+                              "base": loaded[(t, lang, v)]}
+                             for t, lang, v in sorted(loaded)],
                 "batches": self.batches,
                 "traffic": ({"queued": self.writer.queued, "written": self.writer.written,
                              "dropped": self.writer.dropped} if self.writer else None)}
