@@ -14,6 +14,10 @@ closed the pipe, or died) or a `None` ends it after the message in hand: every g
 server sent before is answered first. SIGINT and SIGTERM are ignored: a Ctrl-C or a
 SIGTERM to the process group reaches the server, which drains its queue into this process
 and then closes the pipe; the worker must outlive that drain.
+
+Why pickle here, where artifacts are safetensors only: this is an anonymous pipe between a
+server and the child it started, carrying the events it built itself (dicts, numpy
+arrays); nothing is read from a file, a network or another user.
 """
 
 from __future__ import annotations
