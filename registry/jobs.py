@@ -1,8 +1,11 @@
 """Typed job state: what the controller reads of a job row (never a free dict).
 
-A training job is `queued` (waiting for a slot), `running` (launched: `handle` says where,
-`device` on what), then `succeeded` or `failed`. A running job whose worker is gone goes
-back to `queued` (and is launched again) until its attempts run out."""
+Kinds: `train` (a candidate adapter), `gate` (a candidate's held-out evaluation against
+its champion: the gate report) and `drift` (one track's drift check over a fixed window:
+the drift report and its files). Every kind has the same lifecycle: a job is `queued`
+(waiting for a slot), `running` (launched: `handle` says where, `device` on what), then
+`succeeded` or `failed`. A running job whose worker is gone goes back to `queued` (and is
+launched again) until its attempts run out."""
 
 from __future__ import annotations
 
@@ -12,6 +15,12 @@ from enum import StrEnum
 from typing import Any
 
 from registry.schema import Job
+
+
+class JobKind(StrEnum):
+    TRAIN = "train"
+    GATE = "gate"
+    DRIFT = "drift"
 
 
 class JobStatus(StrEnum):

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.executors.base import Executor, TrainFn
+from controller.executors.base import Executor, WorkFn
 from controller.executors.local import InlineExecutor, SubprocessExecutor
 from registry.service import Registry
 
 
 def make_executor(name: str, registry: Registry, policy_path: str | None,
-                  train: TrainFn, policy: Any = None) -> Executor:
+                  work: WorkFn, policy: Any = None, remote_work: Any = None) -> Executor:
+    """`remote_work`: for Ray, what a worker there builds its `work` with (a module-level
+    function: Ray sends it by reference)."""
     if name == "subprocess":
         return SubprocessExecutor(registry, policy_path)
     if name == "ray":
         from controller.executors.ray import RayExecutor
 
-        return RayExecutor(registry, policy)
-    return InlineExecutor(registry, train)
+        return RayExecutor(registry, policy, remote_work)
+    return InlineExecutor(registry, work)

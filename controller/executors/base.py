@@ -1,19 +1,20 @@
-"""Where trainings run. The tick never waits on one: it `launch`es a queued job (the
-returned handle is written on the job row in the same step) and on later ticks `poll`s it.
+"""Where jobs (trainings, gate evaluations, drift checks) run. The tick never waits on
+one: it `launch`es a queued job (the returned handle is written on the job row in the
+same step) and on later ticks `poll`s it.
 
   inline      a thread of the controller process (the embedded default and the tests);
               handle thread:HOST:PID:JOB.N (N: the launch). A killed controller takes its
               threads along: the next controller finds the pid dead and launches the job
               again.
-  subprocess  `python -m controller.runtime.worker JOB_ID` in its own session, so a training
+  subprocess  `python -m controller.runtime.worker JOB_ID` in its own session, so a job
               survives a controller restart; handle pid:HOST:PID.
   ray         a Ray task on a cluster (controller.executors.ray); handle ray:...
 
-A worker records the job's outcome itself (succeeded with the adapter version, or failed)
+A worker records the job's outcome itself (succeeded with its result, or failed)
 on the job row; an executor whose worker cannot reach the database (Ray) returns the
 outcome from `poll` and the controller records it. Every worker first waits until the job
 row names its handle, so a launch whose record was lost (a controller killed in between)
-never trains twice."""
+never runs twice."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from registry.schema import Job
 from registry.service import Registry
 
 log = logging.getLogger("xlt.controller")
-TrainFn = Callable[[str, str, dict[str, Any]], dict[str, Any]]  # (task, language, params)
+# what a worker runs: (kind, params) -> the result written on the job row
+WorkFn = Callable[[str, dict[str, Any]], dict[str, Any]]
 CLAIM_WAIT_S = 60.0
 OUTCOME_RETRY_S = 600.0  # how long a finished worker keeps trying to record its outcome
 
@@ -54,7 +56,7 @@ class Executor(Protocol):
     name: str
 
     def gpu_count(self) -> int:
-        """GPUs trainings may be placed on (0: none; jobs then run on CPU)."""
+        """GPUs jobs may be placed on (0: none; jobs then run on CPU)."""
 
     def launch(self, job: JobView, device: str | None) -> str:
         """Start the job somewhere else and return its handle; never waits for it."""
@@ -63,7 +65,7 @@ class Executor(Protocol):
         """Where the launched job stands (its row says running)."""
 
     def wait(self, timeout: float) -> None:
-        """Block until the trainings this process launched are over (tests, demo)."""
+        """Block until the jobs this process launched are over (tests, demo)."""
 
 
 def handle_poll(handle: str | None) -> Poll:
@@ -95,14 +97,14 @@ def wait_until_claimed(registry: Registry, job_id: int, handle: str) -> JobView 
     return None
 
 
-def run_claimed(registry: Registry, job: JobView, train: TrainFn,
+def run_claimed(registry: Registry, job: JobView, work: WorkFn,
                 device: str | None) -> None:
-    """Train a claimed job and write its outcome on its row (one transaction)."""
+    """Run a claimed job and write its outcome on its row (one transaction)."""
     params = {**job.params, "job_id": job.id, **({"device": device} if device else {})}
     try:
-        result = train(params["task"], params["language"], params)
+        result = work(job.kind, params)
     except Exception as exc:  # recorded on the job; the controller retries or alerts
-        log.exception("training job %s failed", job.id)
+        log.exception("%s job %s failed", job.kind, job.id)
         record_outcome(registry, job, "failed", error=f"{type(exc).__name__}: {exc}")
         return
     record_outcome(registry, job, "succeeded", result=result)
@@ -120,14 +122,14 @@ def record_outcome(registry: Registry, job: JobView, status: str,
             registry.update_job(job.id, status, result=result, error=error, worker=job.handle)
             return True
         except StaleRevision as exc:
-            log.warning("training job %s: outcome %s dropped: %s", job.id, status, exc)
+            log.warning("%s job %s: outcome %s dropped: %s", job.kind, job.id, status, exc)
             return False
         except Exception as exc:
             if not db_unavailable(exc) or time.monotonic() > deadline:
-                log.exception("training job %s: outcome %s could not be recorded", job.id,
-                              status)
+                log.exception("%s job %s: outcome %s could not be recorded", job.kind,
+                              job.id, status)
                 return False
-            log.warning("training job %s: recording outcome %s failed (%s); retrying in "
-                        "%.0f s", job.id, status, type(exc).__name__, delay)
+            log.warning("%s job %s: recording outcome %s failed (%s); retrying in "
+                        "%.0f s", job.kind, job.id, status, type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)

@@ -1,6 +1,6 @@
-"""Which queued trainings to launch now: the policy's slot limits (global and per GPU)
-and a fair queue. Pure: the reconciler reads the jobs, this decides, the reconciler
-launches and writes down.
+"""Which queued jobs of one kind (trainings, gate evaluations, drift checks) to launch
+now: the policy's slot limits (global and per GPU) and a fair queue. Pure: the reconciler
+reads the jobs, this decides, the reconciler launches and writes down.
 
 Fair: languages take turns (round-robin), each language's jobs oldest-waiting first, and
 the turns are ordered by how long each language's oldest job has waited. A track has at
@@ -11,6 +11,7 @@ queues behind every language already waiting."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,9 +44,12 @@ def fair_order(queued: list[JobView]) -> list[JobView]:
     return out
 
 
-def plan(queued: list[JobView], running: list[JobView], slots: Slots) -> list[Launch]:
+def plan(queued: list[JobView], running: list[JobView], slots: Slots,
+         elsewhere: Sequence[JobView] = ()) -> list[Launch]:
+    """`running`: this kind's jobs (the slots count them); `elsewhere`: other kinds' running
+    jobs, which load the GPUs they were placed on."""
     free = slots.max_concurrent - len(running)
-    load = Counter(j.device for j in running if j.device)
+    load = Counter(j.device for j in (*running, *elsewhere) if j.device)
     launches: list[Launch] = []
     for job in fair_order(queued):
         if free <= 0:

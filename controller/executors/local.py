@@ -1,4 +1,5 @@
-"""The executors on this machine: `inline` (a thread of the controller process) and
+"""The executors on this machine, for every kind of job: `inline` (a thread of the
+controller process) and
 `subprocess` (`python -m controller.runtime.worker JOB_ID` in its own session)."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from controller.executors.base import (
     Poll,
     Progress,
-    TrainFn,
+    WorkFn,
     handle_poll,
     run_claimed,
     wait_until_claimed,
@@ -27,10 +28,10 @@ from registry.service import Registry
 class InlineExecutor:
     name = "inline"
 
-    def __init__(self, registry: Registry, train: TrainFn) -> None:
+    def __init__(self, registry: Registry, work: WorkFn) -> None:
         # the threads write with their own Registry: the controller's changes its actor
         self.registry = Registry(registry.settings, actor="worker")
-        self.train = train
+        self.work = work
         self._threads: dict[int, threading.Thread] = {}
         self._launches = itertools.count(1)
 
@@ -42,7 +43,7 @@ class InlineExecutor:
         # it replaced, so the old thread's late outcome is refused
         handle = f"thread:{socket.gethostname()}:{os.getpid()}:{job.id}.{next(self._launches)}"
         thread = threading.Thread(target=self._run, args=(job.id, handle, device),
-                                  name=f"xlt-train-{job.id}", daemon=True)
+                                  name=f"xlt-{job.kind}-{job.id}", daemon=True)
         self._threads[job.id] = thread
         thread.start()
         return handle
@@ -50,7 +51,7 @@ class InlineExecutor:
     def _run(self, job_id: int, handle: str, device: str | None) -> None:
         job = wait_until_claimed(self.registry, job_id, handle)
         if job is not None:
-            run_claimed(self.registry, job, self.train, device)
+            run_claimed(self.registry, job, self.work, device)
 
     def poll(self, job: JobView) -> Poll:
         ours = f"thread:{socket.gethostname()}:{os.getpid()}:"

@@ -1,20 +1,25 @@
-"""The Ray executor: each training job is a detached, named Ray actor on a cluster.
+"""The Ray executor: each job (a training, a gate evaluation, a drift check) is a
+detached, named Ray actor on a cluster.
 
-Launch: an actor `xlt-train-<job>` (namespace `xlt`) with the resources the policy asks for
-([training] num_cpus, num_gpus, memory_mb) starts training in its constructor and returns
-at once; the job row records the handle `ray:xlt-train-<job>`. The actor is detached, so
+Launch: an actor `xlt-<kind>-<job>` (namespace `xlt`) with the resources the policy asks
+for its kind ([training] or [jobs.gate] / [jobs.drift]: num_cpus, num_gpus, memory_mb)
+starts the work in its constructor and returns at once; the job row records the handle
+`ray:xlt-<kind>-<job>`. The actor is detached, so
 it outlives the controller: a restarted controller polls it by name and adopts it, and a
 launch whose record was lost (the controller died in between) finds the actor by name
 instead of starting a second one. A killed worker process is restarted by Ray up to
 `[training] max_attempts - 1` times (Ray re-runs the constructor: the training starts
 again); an actor that is gone for good is a lost job (queued again or failed, as any).
 
-No shared filesystem: the controller sends the blobs the training reads (the base
-encoder's files, the parent adapter) through Ray's object store; the actor writes them
-into a private artifact store, trains with the ordinary pipeline against the registry
-database (which the cluster must reach: PostgreSQL in production), registers the adapter
-row, and hands the adapter's weights back as bytes; the controller verifies their sha256
-and writes them into its own artifact store before the track moves to GATING.
+No shared filesystem: the controller sends the blobs the job reads (the base encoder's
+files, the adapters it loads, the task's datasets, the track's cached drift references)
+through a detached blob keeper actor; the actor writes them into a private artifact store
+and runs the job as any worker does (controller.ops.live.LiveOperations.run_job) against
+the registry database (which the cluster must reach: PostgreSQL in production). It hands
+back the result, every blob it added (a training's adapter weights, a drift check's new
+reference) and the report files it wrote; the controller verifies each blob's sha256 and
+writes them into its own artifact store and reports folder before the result is
+recorded. The keeper drops a blob once no launched job holds it.
 
 Where the cluster is: policy `[training] ray_address`, else RAY_ADDRESS, else a local
 cluster started by Ray (which ends with the controller: use a running cluster to survive
@@ -27,28 +32,35 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.executors.base import Poll, Progress, handle_poll
+from controller.executors.base import Poll, Progress, WorkFn, handle_poll
 from registry.jobs import JobView
 from registry.service import Registry
 
 log = logging.getLogger("xlt.controller")
+# (the worker's private registry, the job's device) -> what runs the job's kinds
+WorkFactory = Callable[[Registry, str | None], WorkFn]
 NAMESPACE = "xlt"
 KEEPER = "xlt-blobs"
 
 
-def actor_name(job_id: int) -> str:
-    return f"xlt-train-{job_id}"
+def actor_name(job_id: int, kind: str = "train") -> str:
+    return f"xlt-{kind}-{job_id}"
 
 
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, registry: Registry, policy: Any) -> None:
+    def __init__(self, registry: Registry, policy: Any, work_for: WorkFactory) -> None:
         self.registry = registry
         self.policy = policy
+        # what a Ray worker runs a job with, built there from its private registry (the
+        # composition root passes it: controller.runtime.bootstrap.worker_work); Ray sends
+        # a module-level function by reference, so the workers import it themselves
+        self.work_for = work_for
         self._connected = False
 
     def _ray(self) -> Any:
@@ -68,50 +80,73 @@ class RayExecutor:
     # -- launch --------------------------------------------------------------------------
     def launch(self, job: JobView, device: str | None) -> str:
         self._ray()  # connected before the actor class is made
-        name = actor_name(job.id)
-        training = self.policy.training
+        name = actor_name(job.id, job.kind)
+        wants = self._resources(job.kind)
         options: dict[str, Any] = {
             "name": name, "namespace": NAMESPACE, "lifetime": "detached",
             "get_if_exists": True,  # a launch whose record was lost: adopt that actor
-            "num_cpus": training.num_cpus, "num_gpus": training.num_gpus,
-            "max_restarts": max(0, training.max_attempts - 1), "max_concurrency": 2,
+            "num_cpus": wants.num_cpus, "num_gpus": wants.num_gpus,
+            "max_restarts": max(0, wants.max_attempts - 1), "max_concurrency": 2,
             # a `state` call in flight while the worker restarts waits for the new one
             "max_task_retries": -1}
-        if training.memory_mb:
-            options["memory"] = training.memory_mb * 2**20
+        if wants.memory_mb:
+            options["memory"] = wants.memory_mb * 2**20
         shas = self._blobs_for(job)
-        self._send_blobs(shas)
-        TrainingActor.options(**options).remote(  # type: ignore[attr-defined]
-            job.id, job.params, self.registry.db.url, shas)
+        self._send_blobs(job.id, shas)
+        JobActor.options(**options).remote(  # type: ignore[attr-defined]
+            job.id, job.kind, job.params, self.registry.db.url, shas, self.work_for)
         return f"ray:{name}"
 
-    def _send_blobs(self, shas: list[str]) -> None:
+    def _resources(self, kind: str) -> Any:
+        if kind == "train":
+            return self.policy.training
+        return self.policy.jobs.gate if kind == "gate" else self.policy.jobs.drift
+
+    def _keeper(self) -> Any:
+        return BlobKeeper.options(name=KEEPER, namespace=NAMESPACE, lifetime="detached",
+                                  get_if_exists=True, num_cpus=0).remote()
+
+    def _send_blobs(self, job_id: int, shas: list[str]) -> None:
         """Into the cluster's blob keeper (a detached actor): objects this process put
-        would die with it, and a training must outlive its controller."""
+        would die with it, and a job must outlive its controller. The job holds them
+        until its outcome is taken (`_release`)."""
         ray = self._ray()
-        keeper = BlobKeeper.options(name=KEEPER, namespace=NAMESPACE, lifetime="detached",
-                                    get_if_exists=True, num_cpus=0).remote()
-        for sha in ray.get(keeper.missing.remote(shas), timeout=120):
+        keeper = self._keeper()
+        for sha in ray.get(keeper.hold.remote(job_id, shas), timeout=120):
             data = self.registry.store.verified_path(sha).read_bytes()
             ray.get(keeper.put.remote(sha, data), timeout=300)
 
+    def _release(self, job_id: int) -> None:
+        """The job is over (or gone): the keeper frees the blobs no other job holds."""
+        try:
+            self._ray().get(self._keeper().release.remote(job_id), timeout=60)
+        except Exception as exc:  # the next release or launch of the keeper catches up
+            log.warning("blob keeper: releasing job %s failed: %s", job_id, exc)
+
     def _blobs_for(self, job: JobView) -> list[str]:
-        """The artifact blobs the training reads: the base's tree, the parent adapter and
-        the task's registered datasets (stored in the artifact store, by sha256)."""
+        """The artifact blobs the job reads: the base's tree, the adapters it loads (a
+        training's parent; a gate's candidate and champion; a drift check's champion), the
+        task's registered datasets, and for a drift check the track's cached references."""
         from registry import queries
 
-        task, language = job.params["task"], job.params["language"]
-        base = job.params.get("base") or self.registry.status(task, language)[0]["base"]
-        encoder = self.registry.query(queries.show_encoder, base)
+        p = job.params
+        task, language = p["task"], p["language"]
+        track = self.registry.status(task, language)[0]
+        encoder = self.registry.query(queries.show_encoder, p.get("base") or track["base"])
         manifest = encoder["artifact_sha256"]
         shas = [manifest, *self.registry.store.read_json(manifest)["files"].values()]
-        parent = job.params.get("continue_from")
-        if parent is not None:
-            shas.append(self.registry.query(queries.show_adapter, task, language,
-                                            int(parent))["artifact_sha256"])
+        versions = {"train": [p.get("continue_from")],
+                    "gate": [p.get("version"), p.get("champion")],
+                    "drift": [track["champion"]]}.get(job.kind, [])
+        for version in versions:
+            if version is not None:
+                shas.append(self.registry.query(queries.show_adapter, task, language,
+                                                int(version))["artifact_sha256"])
         shas += [d["sha256"] for d in self.registry.query(queries.task_datasets, task)
                  if str(d["uri"]).startswith("store:")]
-        return shas
+        if job.kind == "drift":
+            shas += self.registry.query(_reference_shas, task, language)
+        return list(dict.fromkeys(shas))
 
     # -- poll ----------------------------------------------------------------------------
     def poll(self, job: JobView) -> Poll:
@@ -124,6 +159,7 @@ class RayExecutor:
             actor = ray.get_actor(job.handle.removeprefix("ray:"),  # type: ignore[union-attr]
                                   namespace=NAMESPACE)
         except ValueError:
+            self._release(job.id)
             return Poll(Progress.LOST)
         try:
             state, payload = ray.get(actor.state.remote(), timeout=60)
@@ -137,20 +173,42 @@ class RayExecutor:
             except GetTimeoutError:
                 return Poll(Progress.RUNNING)
             except (ValueError, RayActorError):
+                self._release(job.id)
                 return Poll(Progress.LOST)
         if state == "running":
             return Poll(Progress.RUNNING)
         if state == "failed":
             ray.kill(actor)
+            self._release(job.id)
             return Poll(Progress.FINISHED, error=str(payload))
-        result, blob = payload
-        self._store_blob(result["artifact_sha256"], blob)
-        ray.kill(actor)  # its result is in the registry now
+        result, blobs, files = payload
+        for sha, data in blobs.items():
+            self._store_blob(sha, data)
+        if files:
+            result = self._store_reports(result, files)
+        ray.kill(actor)  # its outcome is ours now
+        self._release(job.id)
         return Poll(Progress.FINISHED, result=result)
+
+    def _store_reports(self, result: dict[str, Any], files: dict[str, bytes]
+                       ) -> dict[str, Any]:
+        """A drift check's report files into our reports folder, at the same relative
+        paths; the report's paths then name our copies."""
+        from registry.names import safe_path
+
+        root = Path(self.registry.settings.reports_dir)
+        paths = {}
+        for key, (rel, data) in files.items():
+            dest = safe_path(root, *Path(rel).parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            paths[key] = str(dest)
+        report = {**result["report"], "report_paths": paths}
+        return {**result, "report": report}
 
     def _store_blob(self, sha: str, data: bytes) -> None:
         if hashlib.sha256(data).hexdigest() != sha:
-            raise ValueError(f"the adapter bytes from Ray do not hash to {sha[:12]}")
+            raise ValueError(f"the bytes from Ray do not hash to {sha[:12]}")
         dest = self.registry.store.blob_path(sha)
         if dest.exists():
             return
@@ -164,17 +222,25 @@ class RayExecutor:
         return None  # the controller polls; nothing of a Ray task lives in this process
 
 
-def _train_remote(job_id: int, params: dict[str, Any], database_url: str,
-                  shas: list[str]) -> tuple[dict[str, Any], bytes]:
-    """In the Ray worker: a private artifact store with the blobs sent, the ordinary
-    training pipeline against the registry database, the adapter's bytes back."""
-    from controller.data.access import TaskData
-    from controller.training.pipeline import train_adapter
-    from registry import queries
+def _reference_shas(session: Any, task: str, language: str) -> list[str]:
+    from sqlalchemy import select
+
+    from registry.schema import ReferenceCache
+
+    return list(session.scalars(select(ReferenceCache.artifact_sha256).where(
+        ReferenceCache.task == task, ReferenceCache.language == language)))
+
+
+def _run_remote(job_id: int, kind: str, params: dict[str, Any], database_url: str,
+                shas: list[str], work_for: WorkFactory
+                ) -> tuple[dict[str, Any], dict[str, bytes], dict[str, tuple[str, bytes]]]:
+    """In the Ray worker: a private artifact store with the blobs sent, the job run as
+    any worker runs it, against the registry database; back come the result, the blobs
+    it added, and the report files it wrote (relative to its reports folder)."""
     from registry.settings import load_settings
 
-    # one folder per job on the node: a restarted worker finds the adapter a killed one
-    # registered (and its bytes) instead of training a second one
+    # one folder per job on the node: a restarted worker finds what a killed one left
+    # (a training's registered adapter and its bytes) instead of starting over
     registry_key = hashlib.sha256(database_url.encode()).hexdigest()[:12]
     home = Path(tempfile.gettempdir()) / f"xlt-ray-{registry_key}-job-{job_id}"
     home.mkdir(parents=True, exist_ok=True)
@@ -189,54 +255,42 @@ def _train_remote(job_id: int, params: dict[str, Any], database_url: str,
         path = reg.store.blob_path(sha)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    task, language = params["task"], params["language"]
-    # an earlier run of this job registered its adapter (then died): hand that one back
-    for a in reg.query(queries.list_adapters, task, language, "registered"):
-        if a["hyperparams"].get("job_id") == job_id and reg.store.blob_path(
-                a["artifact_sha256"]).exists():
-            return _outcome(reg, a["version"], a["artifact_sha256"], reused=True)
-    languages = list(params.get("data_languages") or [language])
-    if not params.get("data_languages") and (
-            params.get("drift_report_id") is not None or params.get("with_variants")):
-        languages += TaskData(reg, task).variants(language)
-    keys = ("teacher", "epochs", "seed", "continue_from", "base", "shuffle_pairs",
-            "target_labels", "target_label_weight", "drift_report_id", "inputs_fingerprint",
-            "upgrade_id", "limit_pairs", "top_blocks", "calibration_folds", "lexical",
-            "lexical_refit", "max_rows_per_epoch")
-    trained = train_adapter(reg, task, language, data_languages=languages, job_id=job_id,
-                            device=params.get("device", "auto"),
-                            **{k: params[k] for k in keys if params.get(k) is not None})
-    row = reg.query(queries.show_adapter, task, language, trained["version"])
-    return _outcome(reg, trained["version"], row["artifact_sha256"],
-                    accuracy=trained["metrics"].get("accuracy"),
-                    train_seconds=round(trained["train_seconds"], 2))
+    work = work_for(reg, params.get("device"))
+    result = work(kind, {**params, "job_id": job_id})
+    if kind == "train":
+        result = {**result, "ray_restarted": bool(
+            ray.get_runtime_context().was_current_actor_reconstructed)}
+        from registry import queries
+
+        row = reg.query(queries.show_adapter, params["task"], params["language"],
+                        int(result["version"]))
+        result["artifact_sha256"] = row["artifact_sha256"]
+    sent = set(shas)
+    blobs = {p.name: p.read_bytes() for p in (reg.store.root / "blobs").glob("*/*")
+             if p.is_file() and p.name not in sent}
+    files: dict[str, tuple[str, bytes]] = {}
+    root = Path(reg.settings.reports_dir)
+    for key, path in ((result.get("report") or {}).get("report_paths") or {}).items():
+        if path and Path(path).is_file():
+            files[key] = (str(Path(path).relative_to(root)), Path(path).read_bytes())
+    return result, blobs, files
 
 
-def _outcome(reg: Registry, version: int, sha: str, **extra: Any
-             ) -> tuple[dict[str, Any], bytes]:
-    import ray
+class _JobActor:
+    """Runs the job in a thread started by the constructor, so `state` answers meanwhile."""
 
-    restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-    result = {"version": int(version), "artifact_sha256": sha, "ray_restarted": restarted,
-              **extra}
-    return result, reg.store.blob_path(sha).read_bytes()
-
-
-class _TrainingActor:
-    """Trains in a thread started by the constructor, so `state` answers meanwhile."""
-
-    def __init__(self, job_id: int, params: dict[str, Any], database_url: str,
-                 shas: list[str]) -> None:
+    def __init__(self, job_id: int, kind: str, params: dict[str, Any], database_url: str,
+                 shas: list[str], work_for: WorkFactory) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self._state: tuple[str, Any] = ("running", None)
-        self._args = (job_id, params, database_url, shas)
+        self._args = (job_id, kind, params, database_url, shas, work_for)
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         try:
-            self._state = ("done", _train_remote(*self._args))
+            self._state = ("done", _run_remote(*self._args))
         except Exception as exc:  # the controller records it on the job row
-            log.exception("ray training failed")
+            log.exception("ray %s job failed", self._args[1])
             self._state = ("failed", f"{type(exc).__name__}: {exc}")
 
     def state(self) -> tuple[str, Any]:
@@ -247,13 +301,29 @@ class _TrainingActor:
 
 
 class _BlobKeeper:
-    """The artifact blobs trainings read (base trees, parent adapters), by sha256."""
+    """The artifact blobs jobs read (base trees, adapters, datasets), by sha256, each kept
+    while a launched job holds it."""
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
+        self._holds: dict[int, set[str]] = {}
 
-    def missing(self, shas: list[str]) -> list[str]:
+    def hold(self, job_id: int, shas: list[str]) -> list[str]:
+        """The job needs these; returns the ones the keeper lacks (to be `put`)."""
+        self._holds[job_id] = set(shas)
         return [sha for sha in shas if sha not in self._blobs]
+
+    def release(self, job_id: int) -> int:
+        """The job is over: drop what no other job holds; returns the blobs kept."""
+        self._holds.pop(job_id, None)
+        needed = set().union(*self._holds.values()) if self._holds else set()
+        for sha in [s for s in self._blobs if s not in needed]:
+            del self._blobs[sha]
+        return len(self._blobs)
+
+    def stats(self) -> dict[str, int]:
+        return {"blobs": len(self._blobs), "bytes": sum(map(len, self._blobs.values())),
+                "jobs": len(self._holds)}
 
     def put(self, sha: str, data: bytes) -> None:
         self._blobs[sha] = data
@@ -277,5 +347,5 @@ class _Lazy:
         return self._remote.options(**kwargs)
 
 
-TrainingActor = _Lazy(_TrainingActor)
+JobActor = _Lazy(_JobActor)
 BlobKeeper = _Lazy(_BlobKeeper)

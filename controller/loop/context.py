@@ -33,7 +33,7 @@ class StepContext:
     # the leader lock's check, run first in every transaction (runtime.leader); None when
     # one process acts alone (tests, the demo, `xlt controller run --once` without a lock)
     fence: Fence | None = None
-    # the jobs RETRAINING tracks wait on, read once per tick (training_steps.prefetch_jobs)
+    # the jobs tracks wait on (train, gate, drift), read once per tick (job_steps.prefetch_jobs)
     prefetched: dict[int, JobView] = field(default_factory=dict)
 
     def uow(self) -> UnitOfWork:

@@ -1,5 +1,6 @@
 """What the reconciler asks of the rest of the controller. The reconciler decides; these
-do the work (drift checks, training, evaluation, reading live traffic). The real wiring is
+do the work: in workers, the jobs (training, gate evaluation, drift checks: `run_job`); in
+the tick, reads of live traffic and label-free scoring. The real wiring is
 controller.ops.live.LiveOperations; the interface keeps the state machine readable."""
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Operations(Scoring, Protocol):
     def check_drift(self, task: str, language: str, policy: DriftPolicy) -> DriftOutcome:
         """Run the drift check of one track and record its report in the registry."""
 
+    def run_job(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What a worker runs for a job (train, gate, drift); returns its result (JSON)."""
+
     def train(self, task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
         """Train and register a candidate; returns at least {"version": int}."""
 
@@ -39,7 +43,3 @@ class Operations(Scoring, Protocol):
                     until: float) -> list[dict[str, Any]]:
         """Inference events of the track in [since, until): adapter_version, prediction,
         confidence, feedback_label."""
-
-    def log_gates(self, task: str, language: str, version: int,
-                  evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> None:
-        """Record the gate evaluation for people (an MLflow run); never blocks the step."""

@@ -47,6 +47,10 @@ class PhaseStatus:
     upgrade_id: int | None = None
     # GATING, CANARY, PAUSED: the candidate on trial
     candidate: int | None = None
+    # GATING: the gate job evaluating the candidate (controller.loop.gate_steps)
+    gate_job_id: int | None = None
+    # STEADY: the drift check job in flight (controller.loop.drift_steps); one at a time
+    drift_job_id: int | None = None
     # CANARY, PAUSED: the step (index into the policy's steps) and its window
     step: int | None = None
     step_started_at: float | None = None

@@ -3,16 +3,21 @@
 Phases (tracks.phase) and what each tick does:
 
   STEADY      guard window after a promotion: roll back on regression; else, when a check
-              is due, run the drift check and, on drift past the cooldown, start retraining
-              (controller.loop.steady_steps)
+              is due, queue a drift check job, and when it is done apply its report: on
+              drift past the cooldown, start retraining (steady_steps, drift_steps)
   RETRAINING  watch the training job (never wait on it: controller.loop.training_steps);
               success -> GATING, failure -> retry or STEADY
-  GATING      evaluate candidate and champion, record the gate report; pass -> CANARY step 1
-              (or promote when there is no champion), fail -> reject -> STEADY
+  GATING      follow the candidate's gate job (queued on entry, gate_steps); when done,
+              record its report; pass -> CANARY step 1 (or promote when there is no
+              champion), fail -> reject -> STEADY
   CANARY      after each interval, analyse live traffic; pass -> next step or promote,
               fail -> abort past the failure limit, inconclusive -> PAUSED past its limit
   PAUSED      waits for `xlt canary resume` or `xlt canary abort`
-  (GATING, CANARY and PAUSED live in controller.loop.rollout_steps.)
+  (CANARY and PAUSED live in controller.loop.rollout_steps.)
+
+The tick loads no model: trainings, gate evaluations and drift checks are jobs on the
+policy's executor (controller.loop.job_steps: one lifecycle for every kind), and after
+every track's step the launch pass starts queued ones up to each kind's slots.
 
 Every transition is one registry transaction guarded by the revision read at the start of
 the step, so two replicas (or a restarted one) can never both apply it: the loser gets
@@ -26,7 +31,7 @@ import logging
 from collections.abc import Callable
 
 from controller.executors.base import Executor
-from controller.loop import rollout_steps, training_steps, upgrade_steps
+from controller.loop import gate_steps, job_steps, rollout_steps, training_steps, upgrade_steps
 from controller.loop.clock import Clock
 from controller.loop.context import StepContext
 from controller.loop.operations import Operations
@@ -45,7 +50,7 @@ Handler = Callable[[StepContext, TrackState, TrackPolicy], str]
 HANDLERS: dict[str, Handler] = {
     Phase.STEADY: steady,
     Phase.RETRAINING: training_steps.retraining,
-    Phase.GATING: rollout_steps.gating,
+    Phase.GATING: gate_steps.gating,
     Phase.CANARY: rollout_steps.canary,
     Phase.PAUSED: rollout_steps.paused,
 }
@@ -78,7 +83,7 @@ class Reconciler:
         rows = {(r["task"], r["language"]): r for r in ctx.reg.status()}
         done = upgrade_steps.file_policy_upgrades(ctx, rows)
         upgrades = upgrade_steps.active_upgrades(ctx)
-        training_steps.prefetch_jobs(ctx, rows.values())
+        job_steps.prefetch_jobs(ctx, rows.values())
         for tp in ctx.policy.tracks:
             row = rows.get((tp.task, tp.language))
             if row is None and ctx.policy.base:
@@ -97,7 +102,7 @@ class Reconciler:
                 outcome = f"refused: {exc}"
                 log.warning("%s/%s: %s", tp.task, tp.language, exc)
             done.append(f"{tp.task}/{tp.language}: {outcome}")
-        return done + self.dispatch_training()
+        return done + self.dispatch_jobs()
 
     def step(self, t: TrackState, tp: TrackPolicy) -> str:
         handler = HANDLERS.get(t.phase)
@@ -105,8 +110,9 @@ class Reconciler:
             return f"unknown phase {t.phase}: left alone"
         return handler(self.ctx, t, tp)
 
-    def dispatch_training(self) -> list[str]:
-        return training_steps.dispatch_training(self.ctx)
+    def dispatch_jobs(self) -> list[str]:
+        """The launch pass: queued jobs of every kind, up to each kind's slots."""
+        return job_steps.dispatch(self.ctx)
 
 
 def request_retrain(registry: Registry, policy: Policy, task: str, language: str,

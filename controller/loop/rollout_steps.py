@@ -1,6 +1,5 @@
-"""The reconciler's steps from a candidate that finished training to a champion: GATING
-(held-out evaluation of candidate and champion, the gate report; pass -> canary step 1, or
-promote when there is no champion; fail -> reject, the next attempt or an alert), CANARY
+"""The reconciler's steps from a candidate that passed its gates (controller.loop.gate_steps)
+to a champion: CANARY
 (after each interval, analyse live traffic with labels or the label-free estimate; pass ->
 next step or promote with a guard window, fail -> abort past the failure limit,
 inconclusive -> PAUSED past its limit) and PAUSED (waits for a person)."""
@@ -8,9 +7,8 @@ inconclusive -> PAUSED past its limit) and PAUSED (waits for a person)."""
 from __future__ import annotations
 
 from controller.analysis.canary import CanaryVerdict, analyse
-from controller.analysis.gates import evaluate_gates
 from controller.analysis.label_free import gather
-from controller.loop import attempt_steps, attempts
+from controller.loop import attempt_steps
 from controller.loop.context import StepContext
 from controller.loop.phase_status import Guard, PhaseStatus
 from controller.loop.state import Phase, TrackState
@@ -18,52 +16,6 @@ from controller.policy import TrackPolicy
 from registry.commands import deployment, records
 from registry.uow import UnitOfWork
 
-
-# -- GATING ------------------------------------------------------------------------
-def gating(ctx: StepContext, t: TrackState, tp: TrackPolicy) -> str:
-    version = t.status.on_trial()
-    candidate = ctx.ops.evaluate(t.task, t.language, version)
-    champion = (ctx.ops.evaluate(t.task, t.language, t.champion)
-                if t.champion is not None else None)
-    # floors as for the candidate's base: the upgrade's target, else the track's base
-    policy = ctx.policy.for_base(t.upgrade.to_base if t.on_upgrade else t.base)
-    fairness = ctx.ops.fairness(t.task, t.language, version, policy)
-    gates = evaluate_gates(candidate, champion, policy.gates, fairness)
-    report = [g.to_dict() for g in gates]
-    failed = [g.name for g in gates if not g.passed]
-    ctx.ops.log_gates(t.task, t.language, version, candidate, report)  # never blocks
-    # an upgrade candidate that fails leaves the track on its base (no attempt ladder)
-    plan = (attempt_steps.after_failure(ctx, t, version, "rejected", failed,
-                                        attempts.figures_of(report))
-            if failed and not t.on_upgrade else None)
-    with ctx.guarded(t) as uow:
-        records.record_gate_result(uow, t.task, t.language, version, report)
-        if failed:
-            reason = f"gates failed: {', '.join(failed)}"
-            deployment.reject(uow, t.task, t.language, version, reason)
-            note = (f"; upgrade to {t.upgrade.to_base} failed, the track stays on its base"
-                    if t.on_upgrade else "")
-            if plan is not None:  # the next attempt differs; one alert once exhausted
-                return attempt_steps.rejected(ctx, uow, t, plan, reason, version)
-            ctx.to_steady(uow, t, reason, cooldown=True, expected=None,
-                          alert=f"candidate v{version} rejected: {reason}{note}",
-                          alert_kind="gates_failed")
-            return f"v{version} rejected ({', '.join(failed)}){note}"
-        deployment.mark_gated(uow, t.task, t.language, version, "all gates passed")
-        if t.champion is None:
-            deployment.promote(uow, t.task, t.language, version, t.revision,
-                               "first champion: gates passed")
-            ctx.to_steady(uow, t, "promoted", cooldown=False, expected=None)
-            return f"v{version} promoted (first champion)"
-        weight = ctx.policy.canary.steps[0]
-        deployment.start_canary(uow, t.task, t.language, version, weight, t.revision,
-                                "gates passed")
-        now = ctx.clock.now()
-        ctx.phase(uow, t, Phase.CANARY,
-                    t.status.but(step=0, step_started_at=now, last_analysis_at=now,
-                                 failures=0, inconclusive=0),
-                    f"canary at {weight:g}%", None)
-    return f"v{version} passed gates: canary at {weight:g}%"
 
 # -- CANARY ------------------------------------------------------------------------
 def canary(ctx: StepContext, t: TrackState, tp: TrackPolicy) -> str:

@@ -1,12 +1,12 @@
 """STEADY: the guard window after a promotion (roll back on regression); else a due retry,
-a first champion to train, or, when a check is due, the drift check and, on drift past the
-cooldown, a retraining."""
+a first champion to train, or, when a check is due, a drift check job, and when it is done
+its verdict (controller.loop.drift_steps): on drift past the cooldown, a retraining."""
 
 from __future__ import annotations
 
 from controller.analysis.gates import guard_verdict
 from controller.analysis.label_free import arm_estimate
-from controller.loop import attempt_steps, attempts
+from controller.loop import attempt_steps, drift_steps
 from controller.loop.context import StepContext
 from controller.loop.phase_status import Guard
 from controller.loop.state import Phase, TrackState
@@ -30,21 +30,11 @@ def steady(ctx: StepContext, t: TrackState, tp: TrackPolicy) -> str:
         return pending
     if t.champion is None and now >= (t.status.cooldown_until or 0):
         return start_training(ctx, t, now, "no champion yet: train the first one", None, [])
+    if t.status.drift_job_id is not None:  # a check in flight: follow it, never a second
+        return drift_steps.follow_check(ctx, t, t.status.drift_job_id, now)
     if now - (t.status.last_check_at or 0) < ctx.policy.check_interval_s:
         return "steady"
-    outcome = ctx.ops.check_drift(t.task, t.language, ctx.policy.drift_for(t.task, t.language))
-    cooling = now < (t.status.cooldown_until or 0)
-    # a pending retry answers the drift; an exhausted plan waits for a new champion/base
-    settled = attempts.settled(t.status.attempts, t.base or "", t.champion)
-    if outcome.verdict != "drift" or cooling or settled:
-        why = f"drift check: {outcome.verdict}" + (" (in cooldown)" if cooling else "")
-        why += f" (attempts {settled})" if settled and not cooling else ""
-        with ctx.guarded(t) as uow:
-            ctx.phase(uow, t, Phase.STEADY, t.status.but(last_check_at=now), why, t.revision)
-        return why
-    return start_training(
-        ctx, t, now, f"drift ({', '.join(outcome.drifted_signals) or 'signals'}): retrain",
-        outcome.report_id, outcome.drifted_signals)
+    return drift_steps.queue_check(ctx, t, now)
 
 
 def _guard(ctx: StepContext, t: TrackState, guard: Guard, now: float) -> str:

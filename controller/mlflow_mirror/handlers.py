@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.mlflow_mirror import content, reads
+from controller.mlflow_mirror.job_runs import log_job_run
 from controller.mlflow_mirror.naming import (
     ALIAS_FIELDS,
     WATERMARK_TAG,
@@ -176,6 +177,7 @@ def apply(mirror: Mirror, payload: dict[str, Any]) -> str:
     if int(model.tags.get(WATERMARK_TAG) or 0) >= event_id > 0:
         return "replayed"
     _apply_track_event(mirror, name, action, payload, after, model)
+    log_job_run(mirror, action, payload, after)  # a job's run, whichever executor ran it
     mirror.target.set_model_tags(name, {WATERMARK_TAG: str(event_id)})
     return "applied"
 

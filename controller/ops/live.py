@@ -16,6 +16,7 @@ from controller.drift.reference import build_reference, get_or_build, reference_
 from controller.drift.store import RegistryReferenceStore, record_result
 from controller.drift.traffic_reference import traffic_reference
 from controller.loop.clock import Clock, SystemClock
+from controller.loop.gate_steps import fairness_targets
 from controller.loop.operations import DriftOutcome
 from controller.ops.label_free_scoring import LabelFreeScoring
 from controller.ops.model_cache import ModelCache
@@ -24,7 +25,6 @@ from controller.traffic.log import read_window
 from controller.training.evaluate import evaluate_split
 from controller.training.pipeline import train_adapter
 from registry import queries
-from registry.languages import parent_languages
 from registry.service import Registry
 
 log = logging.getLogger("xlt.controller")
@@ -125,6 +125,23 @@ class LiveOperations(LabelFreeScoring):
                       pictures=[paths["projection"]] if paths.get("projection") else [],
                       datasets=self._reference_data.get((result.task, result.language), []))
 
+    def reference_datasets(self, task: str, language: str) -> list[dict[str, Any]]:
+        """The registered datasets the track's last reference was read from."""
+        return list(self._reference_data.get((task, language), []))
+
+    # -- jobs --------------------------------------------------------------------------
+    def run_job(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What a worker runs for a job of `kind` (controller.executors: run_claimed)."""
+        from controller.ops import model_jobs
+
+        if kind == "train":
+            return self.train(params["task"], params["language"], params)
+        if kind == "gate":
+            return model_jobs.run_gate(self, params)
+        if kind == "drift":
+            return model_jobs.run_drift(self, params)
+        raise ValueError(f"unknown job kind {kind!r}")
+
     # -- training and evaluation -------------------------------------------------------
     def train(self, task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
         job_id = params.get("job_id")
@@ -154,20 +171,11 @@ class LiveOperations(LabelFreeScoring):
             max_rows_per_epoch=params.get("max_rows_per_epoch"),
             inputs_fingerprint=params.get("inputs_fingerprint"),
             **({"upgrade_id": params["upgrade_id"]} if params.get("upgrade_id") else {}))
-        log_training_result(self.reg, task, language, result, params)
+        # no MLflow call here: the mirror logs the run from the job's `job_succeeded` event,
+        # so the MLflow view is the same whichever executor ran it
         return {"version": result["version"], "teacher": result["teacher"],
                 "accuracy": result["metrics"]["accuracy"],
                 "train_seconds": round(result["train_seconds"], 2)}
-
-    def log_gates(self, task: str, language: str, version: int,
-                  evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> None:
-        """An evaluation run in MLflow with the gate report (a failure here only warns)."""
-        from controller.mlflow_mirror.runs import log_training_run
-
-        adapter = self.reg.query(queries.show_adapter, task, language, version)
-        metrics = {k: v for k, v in evaluation.items() if isinstance(v, int | float)}
-        log_training_run(self.reg, adapter, {"split": "test+variants", "kind": "evaluation"},
-                         metrics, gate_report=gates, run_name=f"gates v{version}")
 
     def _evaluate_on(self, task: str, adapter_language: str, version: int,
                      eval_language: str, also: list[str] | None = None) -> dict[str, Any]:
@@ -196,19 +204,14 @@ class LiveOperations(LabelFreeScoring):
 
     def fairness(self, task: str, language: str, version: int,
                  policy: Policy) -> dict[str, tuple[float, float]]:
-        """The track's own language, and every controlled language served through it by
-        fallback (a variant without a champion of its own)."""
-        champions = {r["language"] for r in self.reg.status(task) if r["champion"]}
-        affected = [language] + [t.language for t in policy.tracks
-                                 if t.task == task and t.language not in champions
-                                 and language in parent_languages(t.language)]
-        out = {}
-        for lang in affected:
-            evaluation = (self._evaluate_on(task, language, version, language)
-                          if lang == language else
-                          self._evaluate_on(task, language, version, lang))
-            out[lang] = (float(evaluation["accuracy"]), policy.fairness_floor_for(task, lang))
-        return out
+        return self.fairness_of(task, language, version,
+                                fairness_targets(self.reg, task, language, policy))
+
+    def fairness_of(self, task: str, language: str, version: int,
+                    targets: dict[str, float]) -> dict[str, tuple[float, float]]:
+        """(accuracy, floor) of the candidate in each language of `targets`."""
+        return {lang: (float(self._evaluate_on(task, language, version, lang)["accuracy"]),
+                       floor) for lang, floor in targets.items()}
 
     # -- traffic -----------------------------------------------------------------------
     def live_events(self, task: str, language: str, since: float,

@@ -4,8 +4,9 @@ Every field has a default, so an empty file is a valid policy. A bad file is ref
 the field's path and the reason (pydantic's validation, reworded into one line).
 
 One module per group of tables: fields (what they share), analysis ([drift], [gates],
-[canary]), training ([training], [attempts], [upgrade]), operations ([alerts], [metrics],
-[serve]), tracks ([[tracks]]) and document (the file itself, parse_policy, load_policy).
+[canary]), training ([training], [attempts], [upgrade]), jobs ([jobs.gate], [jobs.drift]),
+operations ([alerts], [metrics], [serve]), tracks ([[tracks]]) and document (the file
+itself, parse_policy, load_policy).
 """
 
 from controller.policy.analysis import CanaryPolicy, DriftPolicy, DriftThresholds, GatePolicy
@@ -17,6 +18,7 @@ from controller.policy.fields import (
     base_ref,
     canonical_languages,
 )
+from controller.policy.jobs import JobLimits, JobsPolicy
 from controller.policy.operations import (
     AlertsPolicy,
     MetricsPolicy,
@@ -28,7 +30,8 @@ from controller.policy.training import AttemptPolicy, TrainingPolicy, UpgradePol
 
 __all__ = [
     "ALL_EVIDENCE", "MAX_POLICY_BYTES", "AlertsPolicy", "AttemptPolicy", "CanaryPolicy",
-    "DriftPolicy", "DriftThresholds", "Evidence", "GatePolicy", "MetricsPolicy", "Policy",
-    "ServePolicy", "Strict", "TrackPolicy", "TrainingPolicy", "UpgradePolicy",
-    "WebhookPolicy", "base_ref", "canonical_languages", "load_policy", "parse_policy",
+    "DriftPolicy", "DriftThresholds", "Evidence", "GatePolicy", "JobLimits", "JobsPolicy",
+    "MetricsPolicy", "Policy", "ServePolicy", "Strict", "TrackPolicy", "TrainingPolicy",
+    "UpgradePolicy", "WebhookPolicy", "base_ref", "canonical_languages", "load_policy",
+    "parse_policy",
 ]

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from controller.policy.analysis import CanaryPolicy, DriftPolicy, GatePolicy
 from controller.policy.fields import Evidence, Strict, base_ref, canonical_languages
+from controller.policy.jobs import JobsPolicy
 from controller.policy.operations import AlertsPolicy, MetricsPolicy, ServePolicy
 from controller.policy.tracks import TrackPolicy
 from controller.policy.training import AttemptPolicy, TrainingPolicy, UpgradePolicy
@@ -44,6 +45,7 @@ class Policy(Strict):
     base_gates: dict[str, GatePolicy] = Field(default_factory=dict)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    jobs: JobsPolicy = Field(default_factory=JobsPolicy)
     alerts: AlertsPolicy = Field(default_factory=AlertsPolicy)
     metrics: MetricsPolicy = Field(default_factory=MetricsPolicy)
     upgrade: UpgradePolicy | None = None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from controller.executors import make_executor
-from controller.executors.base import Executor
+from controller.executors.base import Executor, WorkFn
 from controller.loop.clock import Clock, SystemClock
 from controller.loop.operations import Operations
 from controller.loop.reconciler import Reconciler
@@ -39,6 +39,13 @@ def build_operations(registry: Registry, policy: Policy, *, device: str | None =
                           html=html)
 
 
+def worker_work(registry: Registry, device: str | None = None) -> WorkFn:
+    """What a remote worker (a Ray actor) runs jobs with: the operations over its own
+    registry, with the default policy (a job's params carry everything the policy
+    decided when it was queued)."""
+    return build_operations(registry, Policy(), device=device or "auto").run_job
+
+
 def controller_registry(registry: Registry, policy: Policy, actor: str) -> Registry:
     """The registry as the controller writes to it: its actor, the policy's receivers."""
     return registry.bound(actor=actor, alert_receivers=tuple(policy.alerts.receivers))
@@ -56,7 +63,8 @@ def build_controller(registry: Registry, policy: Policy, *, ops: Operations | No
     ops = ops if ops is not None else build_operations(reg, policy, clock=clock)
     leader = LeaderLock(reg.db, reg.settings.home, report=report,
                         lease_s=policy.leader_lease_s)
-    executor = executor or make_executor(policy.executor, reg, policy_path, ops.train, policy)
+    executor = executor or make_executor(policy.executor, reg, policy_path, ops.run_job, policy,
+                                         worker_work)
     reconciler = FencedReconciler(reg, policy, ops, clock or SystemClock(), leader=leader,
                                   executor=executor, actor=actor)
     return Controller(reg, policy, reconciler, leader, drain=drain, report=report)
@@ -68,5 +76,6 @@ def build_reconciler(registry: Registry, policy: Policy, *, ops: Operations | No
     """The loop alone, unfenced: one process that acts by itself (tests, benches)."""
     reg = controller_registry(registry, policy, actor)
     ops = ops if ops is not None else build_operations(reg, policy, clock=clock)
-    executor = executor or make_executor(policy.executor, reg, None, ops.train, policy)
+    executor = executor or make_executor(policy.executor, reg, None, ops.run_job, policy,
+                                         worker_work)
     return Reconciler(reg, policy, ops, clock or SystemClock(), executor, actor=actor)

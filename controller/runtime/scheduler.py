@@ -69,9 +69,9 @@ class FencedReconciler(Reconciler):
             self._ensured_at = now
         return super().step(t, tp)
 
-    def dispatch_training(self) -> list[str]:
+    def dispatch_jobs(self) -> list[str]:
         self.leader.ensure()
-        return super().dispatch_training()
+        return super().dispatch_jobs()
 
 
 class Controller:
@@ -145,16 +145,16 @@ class Controller:
                         self._scheduler.modify_job(job, next_run_time=datetime.now())
 
     def settle_training(self, timeout: float = 3600.0) -> list[str]:
-        """Wait for the trainings this process launched, launching queued ones as slots
-        free up, until none is left (tests and the demo, in simulated time: every training
-        a simulated hour starts ends within it). The controller itself never calls this."""
+        """Wait for the jobs this process launched, launching queued ones as slots free
+        up, until none is left (tests and the demo, in simulated time: every job a
+        simulated hour starts ends within it). The controller itself never calls this."""
         lines: list[str] = []
         while True:
             self.reconciler.executor.wait(timeout)
             if not self.leader.acquire():
                 return lines
             try:
-                launched = self.reconciler.dispatch_training()
+                launched = self.reconciler.dispatch_jobs()
             except LostLeadership:
                 return lines
             started = [line for line in launched if " launched (" in line]

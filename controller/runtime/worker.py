@@ -1,8 +1,9 @@
-"""`python -m controller.runtime.worker JOB_ID`: runs one training job for the subprocess executor.
+"""`python -m controller.runtime.worker JOB_ID`: runs one job (a training, a gate evaluation,
+a drift check) for the subprocess executor.
 
 It waits until the controller has recorded the job as running under this process's handle
 (so the two never race on the job row, and a launch whose record was lost never trains),
-trains, and records success or failure in one transaction.
+runs it, and records success or failure in one transaction.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     if job is None:
         raise SystemExit(f"job {args.job_id} is not launched as this process; nothing to do")
 
-    run_claimed(reg, job, build_operations(reg, policy).train, args.device)
+    run_claimed(reg, job, build_operations(reg, policy).run_job, args.device)
 
 
 if __name__ == "__main__":

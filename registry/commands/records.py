@@ -92,14 +92,18 @@ def update_job(uow: UnitOfWork, job_id: int, status: str, result: dict[str, Any]
 
 
 def record_gate_result(uow: UnitOfWork, task: str, language: str, version: int,
-                       gates: list[dict[str, Any]]) -> GateResult:
+                       gates: list[dict[str, Any]],
+                       metrics: dict[str, Any] | None = None) -> GateResult:
+    """`metrics`: the candidate's evaluation, carried on the event for the MLflow mirror's
+    gate run."""
     adapter = adapter_by_version(uow.session, task, language, version)
     passed = all(bool(g.get("passed")) for g in gates)
     row = GateResult(adapter_id=adapter.id, gates=gates, passed=passed)
     uow.session.add(row)
     uow.session.flush()
     uow.event("gate", task=task, language=adapter.language, adapter_id=adapter.id,
-              after={"version": version, "passed": passed, "gates": gates})
+              after={"version": version, "passed": passed, "gates": gates,
+                     **({"metrics": metrics} if metrics else {})})
     return row
 
 

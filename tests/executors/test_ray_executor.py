@@ -29,7 +29,7 @@ from controller.loop.clock import ManualClock  # noqa: E402
 from controller.loop.reconciler import Reconciler  # noqa: E402
 from controller.ops.model_cache import ModelCache  # noqa: E402
 from controller.policy import Policy, parse_policy  # noqa: E402
-from controller.runtime.bootstrap import build_operations, build_reconciler
+from controller.runtime.bootstrap import build_operations, build_reconciler, worker_work
 from registry import queries  # noqa: E402
 from registry.jobs import JobView  # noqa: E402
 from registry.schema import Job  # noqa: E402
@@ -111,12 +111,13 @@ def _policy(language: str) -> Policy:
 def _reconciler(reg: Registry, policy: Policy) -> Reconciler:
     clock = ManualClock(START)
     ops = build_operations(reg, policy, models=ModelCache(reg, "cpu"), clock=clock)
-    return build_reconciler(reg, policy, ops=ops, clock=clock, executor=RayExecutor(reg, policy))
+    return build_reconciler(reg, policy, ops=ops, clock=clock,
+                            executor=RayExecutor(reg, policy, worker_work))
 
 
-def _jobs(reg: Registry) -> list[JobView]:
+def _jobs(reg: Registry, kind: str = "train") -> list[JobView]:
     with reg.reading() as s:
-        return [JobView.of(j) for j in s.query(Job).order_by(Job.id)]
+        return [JobView.of(j) for j in s.query(Job).where(Job.kind == kind).order_by(Job.id)]
 
 
 def _phase(reg: Registry, language: str) -> str:
@@ -157,8 +158,19 @@ def test_job_runs_as_ray_actor_and_track_reaches_gating(ray_cluster: str, sqlite
     # the weights came back through Ray, not a shared folder: they are in our store
     assert reg.store.verified_path(adapter["artifact_sha256"]).is_file()
     assert _actor_gone(f"xlt-train-{job.id}")  # killed once its result was recorded
-    rec.tick()
+    # the gates run on Ray too: a gate actor, its report recorded by the controller
+    (gate,) = _jobs(reg, "gate")
+    assert gate.handle == f"ray:xlt-gate-{gate.id}", gate
+    deadline = time.monotonic() + 300
+    while _phase(reg, "sw") == "GATING" and time.monotonic() < deadline:
+        rec.tick()
+        time.sleep(1)
+    (gate,) = _jobs(reg, "gate")
+    assert gate.status == "succeeded" and gate.result and gate.result["version"] == version
     assert reg.status(TASK, "sw")[0]["champion"] == version  # gates passed: first champion
+    # the blob keeper kept what running jobs needed, and nothing once none runs
+    keeper = ray.get_actor("xlt-blobs", namespace=NAMESPACE)
+    assert ray.get(keeper.stats.remote(), timeout=60) == {"blobs": 0, "bytes": 0, "jobs": 0}
 
 
 def _actor_gone(name: str, limit_s: float = 30) -> bool:
@@ -202,7 +214,8 @@ def test_controller_sigkilled_then_restarted_adopts_the_running_actor(
     assert jobs[0].handle == job.handle
     adapters = reg.query(queries.list_adapters, TASK, "yo")
     assert len(adapters) == 1, adapters  # one adapter registered
-    events = [e["action"] for e in reg.query(queries.history, TASK, "yo")]
+    events = [e["action"] for e in reg.query(queries.history, TASK, "yo")
+              if (e["after"] or {}).get("kind") == "train"]
     assert events.count("job_running") == 1 and events.count("job_created") == 1
 
 

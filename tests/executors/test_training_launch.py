@@ -66,7 +66,8 @@ def test_per_gpu_limit_places_jobs_on_the_least_loaded_gpu() -> None:
 
 def _jobs(reg: Any) -> dict[str, JobView]:
     with reg.reading() as s:
-        return {j.language: JobView.of(j) for j in s.query(Job).order_by(Job.id)}
+        return {j.language: JobView.of(j)
+                for j in s.query(Job).where(Job.kind == "train").order_by(Job.id)}
 
 
 @pytest.mark.slow
@@ -80,11 +81,12 @@ def test_tick_launches_and_returns_while_training_runs(sqlite_url: str, tmp_path
     ops = build_operations(reg, policy, models=ModelCache(reg, "cpu"), clock=clock)
     gate = threading.Event()  # holds every training until the tick has returned
 
-    def train(task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
-        assert gate.wait(120)
-        return ops.train(task, language, params)
+    def work(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        if kind == "train":
+            assert gate.wait(120)
+        return ops.run_job(kind, params)
 
-    executor = InlineExecutor(reg, train)
+    executor = InlineExecutor(reg, work)
     rec = build_reconciler(reg, policy, ops=ops, clock=clock, executor=executor)
     lines = rec.tick()
     jobs = _jobs(reg)
@@ -174,15 +176,16 @@ def test_hung_training_times_out_is_relaunched_and_its_late_outcome_dropped(
     hung, released = threading.Event(), threading.Event()
     calls: list[str] = []
 
-    def train(task: str, language: str, params: dict[str, Any]) -> dict[str, Any]:
-        calls.append(language)
-        if len(calls) == 1:  # the first launch hangs until released
+    def work(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        if kind == "train":
+            calls.append(params["language"])
+        if kind == "train" and len(calls) == 1:  # the first launch hangs until released
             hung.set()
             assert released.wait(120)
             raise RuntimeError("the hung worker woke up")
-        return ops.train(task, language, params)
+        return ops.run_job(kind, params)
 
-    executor = InlineExecutor(reg, train)
+    executor = InlineExecutor(reg, work)
     rec = build_reconciler(reg, policy, ops=ops, clock=clock, executor=executor)
     rec.tick()
     assert hung.wait(60)

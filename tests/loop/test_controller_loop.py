@@ -33,12 +33,16 @@ def test_loop_end_to_end(sqlite_url: str, tmp_path: Path, tiny_model_dir: Path) 
     after = [a for a in hi[first_drift:] if a in (
         "drift_check", "job_created", "job_succeeded", "gate", "gated", "canary_start",
         "canary_analysis", "canary_weight", "promote")]
-    assert after[:9] == ["drift_check", "job_created", "job_succeeded", "gate", "gated",
-                         "canary_start", "canary_analysis", "canary_weight",
-                         "canary_analysis"], after
-    assert after[9] == "promote"
+    # the training job, then the candidate's gate job, then the report they produced
+    assert after[:11] == ["drift_check", "job_created", "job_succeeded", "job_created",
+                          "job_succeeded", "gate", "gated", "canary_start", "canary_analysis",
+                          "canary_weight", "canary_analysis"], after
+    assert after[11] == "promote"
     sw = drill.reg.query(queries.history, TASK, "sw")
-    assert [e["action"] for e in sw].count("job_created") == 1  # only its first champion
+    kinds = [e["after"]["kind"] for e in sw if e["action"] == "job_created"]
+    assert kinds.count("train") == 1  # only its first champion
+    checks = sum(e["action"] == "drift_check" for e in sw)  # each from a drift job; the
+    assert checks > 0 and kinds.count("drift") - checks in (0, 1)  # last may be in flight
     verdicts = [e["after"]["verdict"] for e in sw if e["action"] == "drift_check"]
     assert verdicts and set(verdicts) == {"stable"}
 
@@ -51,7 +55,7 @@ def test_loop_end_to_end(sqlite_url: str, tmp_path: Path, tiny_model_dir: Path) 
     later = drill.reg.query(queries.history, TASK, "hi")[promoted:]
     checks = [e for e in later if e["action"] == "drift_check"][:3]
     assert [c["after"]["verdict"] for c in checks] == ["stable"] * 3, log[HOURS:]
-    assert "job_created" not in [e["action"] for e in later]
+    assert "train" not in [e["after"]["kind"] for e in later if e["action"] == "job_created"]
     for check in checks:
         with drill.reg.reading() as session:
             ref = session.get(DriftReport, check["after"]["report_id"]).reference

@@ -1,6 +1,8 @@
 """Kill the controller with SIGKILL right after each committed transition of the loop in
-turn, start it again, and check every run ends in the same state as an uninterrupted run,
-with no duplicate promotion and no orphaned canary (DESIGN.md, principle 2).
+turn (with trainings, gate jobs and drift jobs in flight among them), start it again,
+and check every run ends in the same state as an uninterrupted run, with no duplicate
+promotion and no orphaned canary (DESIGN.md, principle 2). The kill points are dealt into
+CHUNKS tests, so each has its own timeout.
 
 A reference run (SQLite, one child process) goes through hours 0..LAST_HOUR: first
 champions for hi and sw, then hi drifts -> retrain -> gates -> canary 50% -> 100% ->
@@ -49,15 +51,19 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     return {"commits": commits, "snapshots": snapshots, "state": state}
 
 
+CHUNKS = 4  # the kill points, dealt round-robin into this many tests (each has its timeout)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_sigkill_after_each_transition_then_restart(reference: dict[str, Any],
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, chunk: int) -> None:
     ctx = drv.context()
     commits, expected = reference["commits"], reference["state"]
     first, last = commits[FIRST_KILL_HOUR - 1] + 1, commits[LAST_HOUR]
     assert last - first >= 10, commits  # the loop really has steps to kill
     failures, rows = [], []
-    for n in range(first, last + 1):
+    for n in range(first + chunk, last + 1, CHUNKS):
         hour = next(h for h in range(FIRST_KILL_HOUR, LAST_HOUR + 1) if commits[h] >= n)
         run = tmp_path / f"n{n:02d}"
         shutil.copytree(reference["snapshots"] / f"after-{hour - 1}", run)

@@ -96,9 +96,11 @@ def test_second_task_from_files_through_the_loop(tmp_path: Path, db_url: str,
     assert actions.count("promote") == 2, log  # the first champion, then the retrain
     first_drift = next(i for i, e in enumerate(history) if e["action"] == "drift_check"
                        and e["after"]["verdict"] == "drift")
-    after = [a for a in actions[first_drift:] if a in (
-        "job_created", "gate", "gated", "canary_start", "promote")]
-    assert after == ["job_created", "gate", "gated", "canary_start", "promote"], after
+    # the training job, the candidate's gate job, then its report
+    after = [e["action"] if e["action"] != "job_created" else f"job:{e['after']['kind']}"
+             for e in history[first_drift:] if e["action"] in (
+                 "job_created", "gate", "gated", "canary_start", "promote")]
+    assert after == ["job:train", "job:gate", "gate", "gated", "canary_start", "promote"], after
     v2 = reg.query(queries.show_adapter, TASK, "sw", 2)
     assert v2["config"]["labels"] == LABELS.split(",") and v2["config"]["num_labels"] == 6
     assert {(d["language"], d["split"]) for d in v2["hyperparams"]["datasets"]} >= {
