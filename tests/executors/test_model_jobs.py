@@ -80,8 +80,11 @@ def test_gate_and_drift_jobs_are_slotted_adopted_and_applied_once(
     policy = parse_policy(POLICY)
     clock = ManualClock(START)
     rec = _controller(reg, policy, policy_file, clock)
-    _until(rec, lambda: "RETRAINING" not in {r["phase"] for r in reg.status(TASK)},
-           "both first champions trained")
+    def trained() -> bool:
+        phases = [r["phase"] for r in reg.status(TASK)]
+        return len(phases) == 2 and "RETRAINING" not in phases
+
+    _until(rec, trained, "both first champions trained")
     gates = _jobs(reg, "gate")  # queued with each move to GATING, the floors resolved
     assert len(gates) == 2 and all(j.params["gates"]["min_accuracy"] == 0.0 for j in gates)
     assert [set(j.params["fairness"]) for j in gates] == [{j.language} for j in gates]
