@@ -42,11 +42,13 @@ def hi_share(hour: int) -> float:
 
 
 def demo_hours() -> int:
-    """XLT_DEMO_HOURS (default 18: the story's end), refused unless a positive integer."""
-    raw = os.environ.get("XLT_DEMO_HOURS", "18").strip()
+    """XLT_DEMO_HOURS (default 19: the story's end; the hi drift retrain is promoted in the
+    19th hour, as a drift check's result lands a tick after it), refused unless a positive
+    integer."""
+    raw = os.environ.get("XLT_DEMO_HOURS", "19").strip()
     if not raw.isdigit() or int(raw) < 1:
         refuse(f"demo: XLT_DEMO_HOURS={raw!r} is not a positive number of hours; "
-               "unset it for the whole story (18)")
+               "unset it for the whole story (19)")
     return int(raw)
 
 
